@@ -1,0 +1,55 @@
+# Two commands do everything from a fresh clone: `make run` and `make test`.
+# Set-up (virtualenv, locked deps, Kafka jars, dev signing key, schemas) happens on demand.
+
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+UV := .local/uv/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+DEV_SECRET := .local/jwt-secret
+LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
+PORT ?= 8080
+
+.PHONY: setup run test lint token schemas clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make run     start Kafka, the ingest API on http://127.0.0.1:$(PORT) and the sink"
+	@echo "make test    the whole test suite (own broker, own data)"
+	@echo "make token SUB=<uuid>   print a dev access token for the local run"
+
+$(UV):
+	@$(PYTHON) -m venv .local/uv
+	@.local/uv/bin/pip install -q uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	@UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --quiet --python $(PYTHON)
+	@touch $@
+
+$(DEV_SECRET): | $(UV)
+	@umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
+
+schemas: $(VENV)/.synced
+	@$(PY) -m functions.events >/dev/null
+
+setup: $(VENV)/.synced $(DEV_SECRET) schemas
+	@$(PY) infra/localkafka.py fetch >/dev/null
+
+run: setup
+	$(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --data .local/kafka --port 9092 \
+		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
+
+lint: $(VENV)/.synced
+	$(VENV)/bin/ruff check functions clickhouse infra tests
+	$(VENV)/bin/ruff format --check functions clickhouse infra tests
+	$(VENV)/bin/mypy functions
+
+test: setup lint
+	$(VENV)/bin/pytest
+
+token: $(VENV)/.synced $(DEV_SECRET)
+	@test -n "$(SUB)" || { echo "usage: make token SUB=<user uuid>" >&2; exit 2; }
+	@$(LOCAL_ENV) $(PY) -m functions.auth token --sub $(SUB)
+
+clean:
+	rm -rf $(VENV) .local/clickhouse .local/kafka

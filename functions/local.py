@@ -1,0 +1,55 @@
+"""One process for local runs: the ingest function on HTTP and the sink's consumer loop.
+
+The embedded ClickHouse engine admits one process per data directory, so locally the HTTP API
+(which reads positions) and the sink (which inserts) share this process and its store. In a
+cluster each function is its own service. Run: ``python -m functions.local`` (``make run``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import functions_framework.aio
+import uvicorn
+
+import functions.main
+from clickhouse.migrate import apply_migrations
+from functions.logs import configure_logging
+from functions.runtime import get_producer, get_store
+from functions.settings import get_settings
+from functions.sink.consumer import BatchConsumer
+
+log = logging.getLogger("functions.local")
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    store = get_store()
+    for migration in apply_migrations(store.client, store.database):
+        log.info("applied migration %04d_%s", migration.version, migration.name)
+
+    stop_sink = threading.Event()
+    sink = BatchConsumer(settings, store)
+    sink_thread = threading.Thread(target=sink.run, args=(stop_sink,), name="sink")
+    sink_thread.start()
+
+    app = functions_framework.aio.create_asgi_app_from_module(  # type: ignore[no-untyped-call]
+        "ingest", functions.main.__file__, "http", functions.main, None
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
+    )
+    log.info("serving on http://%s:%d", settings.host, settings.port)
+    try:
+        server.run()  # returns after SIGINT/SIGTERM, once in-flight requests are answered
+    finally:
+        stop_sink.set()
+        sink_thread.join()
+        if get_producer.cache_info().currsize:  # only close a producer that requests created
+            log.info("stopped", extra={"unsent_records": get_producer().close()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The functions-framework entry points (``--source functions/main.py --target <name>``).
+
+- ``ingest``: the HTTP API (ASGI): ``functions-framework --target ingest --asgi``.
+- ``sink``: the KafkaSource CloudEvent trigger: ``functions-framework --target sink --asgi``.
+
+The KEDA-style consumer loop is ``python -m functions.sink``; ``python -m functions.local`` hosts
+the ingest function and that loop in one process for local runs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import functions_framework.aio
+from cloudevents.http.event import CloudEvent
+from starlette.requests import Request
+from starlette.responses import Response
+
+from functions.ingest import IngestApi
+from functions.runtime import get_producer, get_store
+from functions.settings import get_settings
+from functions.sink.cloudevent import CloudEventSink
+
+
+@lru_cache(maxsize=1)
+def _ingest_api() -> IngestApi:
+    return IngestApi(get_settings(), get_producer, get_store)
+
+
+@lru_cache(maxsize=1)
+def _cloud_event_sink() -> CloudEventSink:
+    return CloudEventSink(get_settings(), get_store)
+
+
+@functions_framework.aio.http
+async def ingest(request: Request) -> Response:
+    return await _ingest_api().handle(request)
+
+
+@functions_framework.aio.cloud_event
+def sink(event: CloudEvent) -> None:
+    # A plain function: functions-framework runs it in a worker thread, off the event loop,
+    # which is where a blocking ClickHouse insert belongs.
+    _cloud_event_sink().handle_event(event)

@@ -1,0 +1,142 @@
+"""Typed configuration, read once from environment variables.
+
+Precedence: an explicit argument to ``Settings(...)`` > environment variable > default below.
+Every field's description is the documentation: ``python -m functions.settings`` prints the
+README's configuration table from it, and a test keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
+
+
+class Settings(BaseSettings):
+    """Everything the functions and the local host read from the environment."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated."
+    )
+    views_topic: str = Field("views", description="Topic the ingest function produces to.")
+    dlq_topic: str = Field(
+        "views.dlq", description="Dead-letter topic for records the sink cannot store."
+    )
+    kafka_delivery_timeout_ms: int = Field(
+        5000,
+        ge=100,
+        description="How long the producer may try to get a record acknowledged before the "
+        "request is answered 503 (librdkafka `delivery.timeout.ms`).",
+    )
+    kafka_linger_ms: int = Field(
+        5,
+        ge=0,
+        description="Producer batching window (`linger.ms`): a few ms lets concurrent requests "
+        "share one produce request to the broker.",
+    )
+    kafka_session_timeout_ms: int = Field(
+        45_000,
+        ge=1000,
+        description="Consumer-group session timeout of the sink: how long a silent member keeps "
+        "its partitions.",
+    )
+    retry_after_seconds: int = Field(
+        2, ge=1, description="`Retry-After` sent with a 503 when Kafka did not acknowledge."
+    )
+
+    # --- ClickHouse --------------------------------------------------------------------------
+    clickhouse_dsn: str = Field(
+        "chdb://.local/clickhouse",
+        description="`chdb://<dir>` for the embedded engine (one process per directory) or "
+        "`http(s)://user:password@host:port` for a ClickHouse server.",
+    )
+    clickhouse_database: str = Field(
+        "movies", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database of the tables."
+    )
+
+    # --- Authentication ----------------------------------------------------------------------
+    jwt_algorithm: JwtAlgorithm = Field(
+        "HS256",
+        description="The one signing algorithm accepted: HS256 (shared secret) or RS256/ES256 "
+        "(public key).",
+    )
+    jwt_secret: str | None = Field(
+        None, description="HS256 shared secret (or use `JWT_SECRET_FILE`)."
+    )
+    jwt_secret_file: Path | None = Field(None, description="File holding the HS256 shared secret.")
+    jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS256/ES256.")
+    jwt_leeway_seconds: int = Field(
+        30, ge=0, description="Clock skew tolerated on `exp`, `nbf` and `iat`."
+    )
+
+    # --- Sink --------------------------------------------------------------------------------
+    sink_group_id: str = Field("views-sink", description="Consumer group of the sink.")
+    sink_batch_max_records: int = Field(
+        10_000, ge=1, description="A sink batch is inserted when it holds this many records..."
+    )
+    sink_batch_max_wait_ms: int = Field(
+        500, ge=1, description="...or when this long has passed since its first record."
+    )
+    sink_max_record_bytes: int = Field(
+        65_536, ge=256, description="Records larger than this go to the dead-letter topic."
+    )
+    sink_retry_initial_ms: int = Field(
+        200, ge=1, description="First back-off after a failed insert; doubles per failure."
+    )
+    sink_retry_max_ms: int = Field(10_000, ge=1, description="Cap of the insert back-off.")
+
+    # --- HTTP --------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the local host listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the local host listens on.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the JSON logs on stdout."
+    )
+
+    @model_validator(mode="after")
+    def _key_material_matches_algorithm(self) -> Settings:
+        if self.jwt_algorithm == "HS256":
+            if self.jwt_secret is None and self.jwt_secret_file is None:
+                raise ValueError("JWT_ALGORITHM=HS256 needs JWT_SECRET or JWT_SECRET_FILE")
+        elif self.jwt_public_key_file is None:
+            raise ValueError(f"JWT_ALGORITHM={self.jwt_algorithm} needs JWT_PUBLIC_KEY_FILE")
+        return self
+
+    def jwt_verification_key(self) -> str:
+        """The secret (HS256) or PEM public key (RS256/ES256) tokens are verified with."""
+        if self.jwt_algorithm == "HS256":
+            if self.jwt_secret is not None:
+                return self.jwt_secret
+            assert self.jwt_secret_file is not None
+            return self.jwt_secret_file.read_text().strip()
+        assert self.jwt_public_key_file is not None
+        return self.jwt_public_key_file.read_text()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, parsed from the environment on first use."""
+    return Settings()
+
+
+def markdown_table() -> str:
+    """The configuration table of the README, one row per environment variable."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = "(none)" if field.default is None else f"`{field.default}`"
+        rows.append(f"| `{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")
