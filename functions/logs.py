@@ -12,7 +12,12 @@ import orjson
 __all__ = ["configure_logging"]
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
-_STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# uvicorn adds "color_message", a copy of the message with terminal colours.
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -19,6 +19,9 @@ __all__ = ["Settings", "get_settings"]
 
 JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
 
+# Local state (embedded ClickHouse data, broker data, dev key) lives in the git-ignored .local/.
+LOCAL_STATE_DIR = Path(__file__).resolve().parents[1] / ".local"
+
 
 class Settings(BaseSettings):
     """Everything the functions and the local host read from the environment."""
@@ -57,9 +60,11 @@ class Settings(BaseSettings):
 
     # --- ClickHouse --------------------------------------------------------------------------
     clickhouse_dsn: str = Field(
-        "chdb://.local/clickhouse",
-        description="`chdb://<dir>` for the embedded engine (one process per directory) or "
-        "`http(s)://user:password@host:port` for a ClickHouse server.",
+        f"chdb://{LOCAL_STATE_DIR / 'clickhouse'}",
+        pattern=r"^(chdb:///|chdb://memory|https?://)",
+        description="`chdb:///<absolute dir>` for the embedded engine (one process per "
+        "directory) or `http(s)://user:password@host:port` for a ClickHouse server. "
+        "Default: `.local/clickhouse` of the checkout.",
     )
     clickhouse_database: str = Field(
         "movies", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database of the tables."
@@ -133,7 +138,9 @@ def markdown_table() -> str:
     """The configuration table of the README, one row per environment variable."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = "(none)" if field.default is None else f"`{field.default}`"
+        # Paths inside the checkout are shown relative to it, so the table is the same anywhere.
+        shown = str(field.default).replace(str(LOCAL_STATE_DIR.parent), "<checkout>")
+        default = "(none)" if field.default is None else f"`{shown}`"
         rows.append(f"| `{name.upper()}` | {default} | {field.description} |")
     return "\n".join(rows)
 

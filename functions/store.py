@@ -55,9 +55,10 @@ class MovieViewers:
 
 def connect(dsn: str) -> Client:
     """A clickhouse-connect client for a ``chdb://`` or ``http(s)://`` DSN."""
+    # Over HTTP, no session id: concurrent queries of one client must not collide on a session.
+    options: dict[str, Any] = {} if dsn.startswith("chdb:") else {"autogenerate_session_id": False}
     try:
-        # No session id: concurrent queries from one client must not collide on a session.
-        return clickhouse_connect.get_client(dsn=dsn, autogenerate_session_id=False)
+        return clickhouse_connect.get_client(dsn=dsn, **options)
     except ClickHouseError as exc:
         raise StoreUnavailable(f"cannot reach ClickHouse at {_redact(dsn)}: {exc}") from exc
 

@@ -154,7 +154,6 @@ class LocalKafka:
 
     def _wait_ready(self, timeout_seconds: float) -> None:
         deadline = time.monotonic() + timeout_seconds
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -162,11 +161,14 @@ class LocalKafka:
                     f"broker exited with {self.process.returncode}; see "
                     f"{self.data_dir / 'broker.out'}"
                 )
-            try:
-                if admin.list_topics(timeout=1).brokers:
-                    return
-            except Exception:  # not listening yet
-                time.sleep(0.2)
+            # Wait for the port first: a Kafka client logs every refused connection.
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) != 0:
+                    time.sleep(0.2)
+                    continue
+            admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+            if admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).brokers:
+                return
         raise TimeoutError(f"broker on {self.bootstrap_servers} not ready in {timeout_seconds}s")
 
     def create_topics(self, partitions: dict[str, int]) -> None:

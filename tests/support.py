@@ -1,0 +1,153 @@
+"""Helpers of the test suite: tokens, the ingest app, a running sink, Kafka I/O, polling."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jwt
+import pytest
+from confluent_kafka import Consumer, Message, Producer
+from starlette.testclient import TestClient
+
+from functions.auth import DEV_PERMISSIONS
+from functions.events import ViewRecord
+from functions.ingest import IngestApi
+from functions.producer import AsyncProducer
+from functions.settings import Settings
+from functions.sink.consumer import BatchConsumer
+from functions.store import ViewStore
+
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
+TEST_DATABASE = "movies_test"
+T = TypeVar("T")
+
+
+def make_token(
+    subject: uuid.UUID | str,
+    secret: str = JWT_SECRET,
+    expires_in: timedelta = timedelta(minutes=5),
+    **claims: Any,
+) -> str:
+    now = datetime.now(UTC)
+    payload = {"sub": str(subject), "iat": now, "exp": now + expires_in}
+    payload["permissions"] = list(DEV_PERMISSIONS)
+    payload.update(claims)
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def bearer(subject: uuid.UUID | str, **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(subject, **claims)}"}
+
+
+@contextlib.contextmanager
+def ingest_client(settings: Settings, store: ViewStore) -> Iterator[TestClient]:
+    """The ingest function wrapped by functions-framework as when deployed, and a client."""
+    from functions_framework.aio import _create_asgi_app_with_function
+
+    producer = AsyncProducer.from_settings(settings)
+    api = IngestApi(settings, lambda: producer, lambda: store)
+    try:
+        with TestClient(_create_asgi_app_with_function(api.handle, "http", False)) as client:
+            yield client
+    finally:
+        producer.close(timeout_seconds=1)
+
+
+class RunningSink:
+    """The consumer-loop trigger on a thread, as ``python -m functions.sink`` runs it."""
+
+    def __init__(self, settings: Settings, store: ViewStore) -> None:
+        self.consumer = BatchConsumer(settings, store)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.consumer.run, args=(self._stop,))
+
+    def __enter__(self) -> RunningSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "the sink did not stop"
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = 20.0, what: str = "") -> T:
+    """Poll until ``probe`` returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or probe}")
+        time.sleep(0.1)
+
+
+def produce_raw(
+    settings: Settings, records: list[tuple[bytes | None, bytes | None]], partition: int = 0
+) -> None:
+    """Write records straight to the views topic, bypassing the ingest function."""
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "acks": "all"})
+    for key, value in records:
+        producer.produce(settings.views_topic, value=value, key=key, partition=partition)
+    assert producer.flush(10) == 0
+
+
+def produce_records(settings: Settings, records: list[ViewRecord], partition: int = 0) -> None:
+    produce_raw(settings, [r.to_kafka() for r in records], partition)
+
+
+def consume_all(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list[Message]:
+    """Read ``count`` records of a topic from the start, failing after ``timeout``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                messages.append(message)
+    finally:
+        consumer.close()
+    assert len(messages) == count, f"expected {count} records on {topic}, got {len(messages)}"
+    return messages
+
+
+def view_record(
+    user_id: uuid.UUID, movie_id: uuid.UUID, offset_ms: int, event_time: datetime
+) -> ViewRecord:
+    return ViewRecord.from_request(
+        user_id=user_id,
+        movie_id=movie_id,
+        movie_time_offset=offset_ms,
+        received_at=datetime.now(UTC),
+        event_time=event_time,
+    )
+
+
+def count_final(store: ViewStore, table: str, user_id: uuid.UUID) -> int:
+    return int(
+        store.client.query(
+            f"SELECT count() FROM {store.database}.{table} FINAL WHERE user_id = {{u:UUID}}",
+            parameters={"u": user_id},
+        ).result_rows[0][0]
+    )
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
