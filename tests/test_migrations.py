@@ -1,0 +1,41 @@
+"""The migration runner against the real engine."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from clickhouse.migrate import Migration, MigrationError, apply_migrations, load_migrations
+from functions.store import ViewStore
+
+
+def test_applies_each_migration_once(store: ViewStore) -> None:
+    database = f"migrate_{uuid.uuid4().hex[:8]}"
+    first = apply_migrations(store.client, database)
+    assert [m.version for m in first] == [m.version for m in load_migrations()]
+    assert apply_migrations(store.client, database) == []
+    tables = {
+        row[0]
+        for row in store.client.query(
+            "SELECT name FROM system.tables WHERE database = {db:String}",
+            parameters={"db": database},
+        ).result_rows
+    }
+    assert {"views", "latest_view", "latest_view_mv", "schema_migrations"} <= tables
+
+
+def test_changed_applied_migration_is_refused(store: ViewStore) -> None:
+    database = f"migrate_{uuid.uuid4().hex[:8]}"
+    migrations = load_migrations()
+    apply_migrations(store.client, database, migrations)
+    edited = [Migration(m.version, m.name, m.sql + "\n-- edited") for m in migrations]
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        apply_migrations(store.client, database, edited)
+
+
+def test_misnamed_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "create_views.sql").write_text("SELECT 1")
+    with pytest.raises(MigrationError, match="expected a name like"):
+        load_migrations(tmp_path)

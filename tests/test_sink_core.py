@@ -1,0 +1,95 @@
+"""The sink core: classification of records (pure) and idempotent batch inserts (real engine)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from support import count_final, view_record
+
+from functions.sink.core import Rejected, RejectReason, SourceRecord, classify, store_batch
+from functions.store import ViewStore
+
+MAX_BYTES = 1024
+
+
+def _record(value: bytes | None, offset: int = 0) -> SourceRecord:
+    return SourceRecord("views", 0, offset, b"key", value)
+
+
+def _valid_value() -> bytes:
+    record = view_record(uuid.uuid4(), uuid.uuid4(), 1, datetime(2026, 1, 1, tzinfo=UTC))
+    return record.to_kafka()[1]
+
+
+def test_valid_record_parses() -> None:
+    outcome = classify(_record(_valid_value()), MAX_BYTES)
+    assert not isinstance(outcome, Rejected)
+    assert outcome.movie_time_offset == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "in_detail"),
+    [
+        (None, RejectReason.EMPTY, "no value"),
+        (b"", RejectReason.EMPTY, "no value"),
+        (b"x" * (MAX_BYTES + 1), RejectReason.OVERSIZED, "1025 bytes"),
+        (b"\xff\xfe not utf-8", RejectReason.INVALID_JSON, ""),
+        (b"[1, 2", RejectReason.INVALID_JSON, ""),
+        (b"[]", RejectReason.SCHEMA_VIOLATION, "(root)"),
+        (b'{"schema_version": 2}', RejectReason.SCHEMA_VIOLATION, "schema_version"),
+    ],
+)
+def test_poison_is_classified(value: bytes | None, reason: RejectReason, in_detail: str) -> None:
+    outcome = classify(_record(value), MAX_BYTES)
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason is reason
+    assert in_detail in outcome.detail
+
+
+def test_unknown_field_and_lax_types_are_schema_violations() -> None:
+    document = orjson.loads(_valid_value())
+    for bad in ({**document, "extra": 1}, {**document, "movie_time_offset": "1"}):
+        outcome = classify(_record(orjson.dumps(bad)), MAX_BYTES)
+        assert isinstance(outcome, Rejected)
+        assert outcome.reason is RejectReason.SCHEMA_VIOLATION
+
+
+def test_overlapping_redelivery_collapses_under_final(store: ViewStore) -> None:
+    user, movie = uuid.uuid4(), uuid.uuid4()
+    values = [
+        view_record(user, movie, i, datetime(2026, 11, 1, 12, i, tzinfo=UTC)).to_kafka()[1]
+        for i in range(3)
+    ]
+    batch = [SourceRecord("views", 4, 100 + i, None, v) for i, v in enumerate(values)]
+    store_batch(batch, store, MAX_BYTES)
+    # A different range (so a different dedup token): only the table engine can collapse it.
+    store_batch(batch[1:], store, MAX_BYTES)
+    store_batch(batch, store, MAX_BYTES)
+    assert count_final(store, "views", user) == 3
+    assert count_final(store, "latest_view", user) == 1
+    position = store.latest_position(user, movie)
+    assert position is not None and position.movie_time_offset == 2
+
+
+def test_batch_is_inserted_per_partition(store: ViewStore) -> None:
+    user, movie = uuid.uuid4(), uuid.uuid4()
+    values = [
+        view_record(user, movie, i, datetime(2026, 11, 1, 12, i, tzinfo=UTC)).to_kafka()[1]
+        for i in range(4)
+    ]
+    batch = [SourceRecord("views", i % 2, i, None, v) for i, v in enumerate(values)]
+    tokens: list[str] = []
+
+    class Recording:
+        def insert_views(self, records: object, dedup_token: str) -> None:
+            tokens.append(dedup_token)
+            store.insert_views(records, dedup_token)  # type: ignore[arg-type]
+
+    poison = SourceRecord("views", 1, 9, None, b"{")
+    result = store_batch([*batch, poison], Recording(), MAX_BYTES)
+    assert result.stored == 4 and len(result.rejected) == 1
+    assert sorted(tokens) == ["views-0-0-2", "views-1-1-9"]
+    assert count_final(store, "views", user) == 4
