@@ -8,6 +8,7 @@ cluster each function is its own service. Run: ``python -m functions.local`` (``
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 import functions_framework.aio
@@ -41,6 +42,10 @@ def main() -> None:
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
     )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-sends the signal to the handler
+    # that was there before it; a no-op there lets the sink and the producer stop below.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     log.info("serving on http://%s:%d", settings.host, settings.port)
     try:
         server.run()  # returns after SIGINT/SIGTERM, once in-flight requests are answered
