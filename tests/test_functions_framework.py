@@ -1,0 +1,131 @@
+"""Both functions served by the functions-framework CLI, as a Knative Service would run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from localkafka import LocalKafka, free_port
+from support import JWT_SECRET, bearer, consume_all, eventually, repo_root, view_record
+
+from functions.settings import Settings
+
+FRAMEWORK = str(Path(sys.executable).parent / "functions-framework")
+
+
+@contextmanager
+def serving(target: str, env: dict[str, str], log: Path) -> Iterator[str]:
+    """``functions-framework --target <target> --asgi`` on a free port, until the block ends."""
+    port = free_port()
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [
+                FRAMEWORK,
+                "--source",
+                "functions/main.py",
+                "--target",
+                target,
+                "--asgi",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=repo_root(),
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+
+        def listening() -> bool:
+            assert server.poll() is None, log.read_text()
+            try:
+                httpx.get(base)
+                return True
+            except httpx.TransportError:
+                return False
+
+        try:
+            eventually(listening, timeout=60, what=f"{target} to listen")
+            yield base
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def test_ingest_under_gunicorn_workers_acknowledges_through_kafka(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Two forked workers: each must build its own producer after the fork.
+    env = {
+        "WORKERS": "2",
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "VIEWS_TOPIC": settings.views_topic,
+        "JWT_SECRET": JWT_SECRET,
+        "CLICKHOUSE_DSN": f"chdb://{tmp_path / 'unused'}",
+    }
+    user = uuid.uuid4()
+    with serving("ingest", env, tmp_path / "ingest.log") as base, httpx.Client() as client:
+        statuses = [
+            client.post(
+                f"{base}/v1/views",
+                json={"movie_id": str(uuid.uuid4()), "movie_time_offset": i},
+                headers=bearer(user),
+            ).status_code
+            for i in range(20)
+        ]
+    assert statuses == [202] * 20
+    consume_all(settings.kafka_bootstrap_servers, settings.views_topic, 20)
+
+
+def test_cloudevent_sink_served_by_the_framework_stores_the_record(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    env = {"CLICKHOUSE_DSN": dsn, "JWT_SECRET": JWT_SECRET}
+    subprocess.run(
+        [sys.executable, "-m", "clickhouse.migrate"],
+        cwd=repo_root(),
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    record = view_record(uuid.uuid4(), uuid.uuid4(), 5, datetime(2026, 11, 2, tzinfo=UTC))
+    key, value = record.to_kafka()
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "partition:1/offset:8",
+        "ce-source": "/apis/v1/namespaces/default/kafkasources/views-sink#views",
+        "ce-type": "dev.knative.kafka.event",
+        "ce-key": key.decode(),
+        "content-type": "application/json",
+    }
+    with serving("sink", env, tmp_path / "sink.log") as base:
+        stored = httpx.post(base, content=value, headers=headers)
+        poison = httpx.post(base, content=b"{", headers=headers)
+    assert stored.status_code == 200, stored.text
+    assert poison.status_code == 422
+    assert poison.headers["content-type"] == "application/problem+json"
+    # The server has exited and released its data directory: count what it stored.
+    count = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, clickhouse_connect;"
+            "c = clickhouse_connect.get_client(dsn=sys.argv[1]);"
+            "print(c.query('SELECT count() FROM movies.views FINAL').result_rows[0][0])",
+            dsn,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()[-1]
+    assert count == "1"
