@@ -1,78 +1,301 @@
 """Local JWT verification (no call to an auth service per request) and dev tokens.
 
-``python -m functions.auth token --sub <uuid>`` prints a token signed with the local secret
-(what ``make token`` runs); it only works for HS256 settings, as a dev convenience.
+Tokens are verified with one configured algorithm and its key: an HS256 secret, an RS256/ES256
+PEM public key, or the RS256/ES256 keys of a JWKS URL (see ``JwksKeys``). Keys are loaded once,
+never per request. ``python -m functions.auth token --sub <uuid>`` prints a token signed with the
+local secret (what ``make token`` runs); it only works for HS256 settings, as a dev convenience.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 from uuid import UUID
 
 import jwt
+import orjson
+from jwt.algorithms import get_default_algorithms
 
-from functions.errors import AuthError
+from functions.errors import AuthError, AuthUnavailable, Forbidden, MissingToken
+from functions.events import CANONICAL_UUID
 from functions.settings import Settings, get_settings
 
-__all__ = ["DEV_PERMISSIONS", "Principal", "TokenVerifier", "issue_dev_token"]
+__all__ = [
+    "DEV_PERMISSIONS",
+    "Authenticator",
+    "JwksKeys",
+    "Principal",
+    "TokenVerifier",
+    "UnverifiedViewer",
+    "authenticator_from_settings",
+    "issue_dev_token",
+]
 
-# What a dev token may do; the permission checks of the API hardening read the same claim.
+log = logging.getLogger(__name__)
+
+# What a dev token may do: the write and read permissions of the default settings.
 DEV_PERMISSIONS = ("ugc.views.write", "ugc.views.read")
+
+# A JWKS document is a few kilobytes; anything far larger is not one.
+_MAX_JWKS_BYTES = 1 << 20
+_MAX_KID_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The verified viewer behind a request."""
+    """The viewer behind a request; ``user_id`` None means "any viewer" (auth disabled)."""
 
-    user_id: UUID
+    user_id: UUID | None
     permissions: frozenset[str]
+
+    def require(self, permission: str) -> None:
+        if permission not in self.permissions:
+            raise Forbidden(f"the token lacks the '{permission}' permission", permission)
+
+    def viewer(self, claimed: UUID | None) -> UUID:
+        """The viewer an event is for: the token's subject; a body's ``user_id`` must match it."""
+        if self.user_id is None:
+            if claimed is None:
+                raise Forbidden("without authentication the body must name its user_id")
+            return claimed
+        if claimed is not None and claimed != self.user_id:
+            raise Forbidden("user_id is not the token's subject")
+        return self.user_id
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization`` header value, or an ``AuthError``."""
+        ...
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise MissingToken("missing bearer token")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("the Authorization header must be 'Bearer <token>'")
+    return token
+
+
+def _subject(claims: dict[str, Any]) -> UUID:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or CANONICAL_UUID.fullmatch(subject) is None:
+        raise AuthError("token subject is not a UUID")
+    return UUID(subject)
+
+
+class JwksKeys:
+    """The signing keys of a JWKS URL, fetched off the event loop and cached.
+
+    Cached keys are used until ``cache_seconds`` old, then refetched in the background while
+    requests go on with the old ones. A token naming an unknown ``kid`` (a rotated key) makes the
+    caller wait for a refetch, but fetches are at least ``min_refresh_seconds`` apart, so a flood
+    of made-up ``kid``s costs the identity provider one request per interval. Only keys of the
+    configured algorithm are kept: an ``oct`` or RSA key cannot verify an ES256-configured token.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        algorithm: str,
+        cache_seconds: float,
+        min_refresh_seconds: float,
+        timeout_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self._algorithm = algorithm
+        self._cache_seconds = cache_seconds
+        self._min_refresh_seconds = min_refresh_seconds
+        self._timeout_seconds = timeout_seconds
+        self._clock = clock
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None  # last successful fetch
+        self._attempted_at: float | None = None  # last fetch, successful or not
+        self._lock = threading.Lock()
+        self._background_refresh = False
+        self.fetches = 0
+
+    async def key_for(self, kid: str) -> jwt.PyJWK:
+        """The key of ``kid``; ``AuthError`` if unknown, ``AuthUnavailable`` if none fetched."""
+        key = self._keys.get(kid)
+        if key is not None:
+            self._refresh_if_stale()
+            return key
+        if self._may_fetch():
+            await asyncio.to_thread(self.refresh)
+            key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if self._fetched_at is None:
+            raise AuthUnavailable("the signing keys could not be fetched")
+        raise AuthError("the token's key id is not among the issuer's keys")
+
+    def _may_fetch(self) -> bool:
+        attempted = self._attempted_at
+        return attempted is None or self._clock() - attempted >= self._min_refresh_seconds
+
+    def _refresh_if_stale(self) -> None:
+        fetched = self._fetched_at
+        if fetched is None or self._clock() - fetched < self._cache_seconds:
+            return
+        if self._background_refresh or not self._may_fetch():
+            return
+        self._background_refresh = True
+        threading.Thread(target=self.refresh, name="jwks-refresh", daemon=True).start()
+
+    def refresh(self) -> None:
+        """Fetch the JWKS now (blocking), unless another fetch happened within the interval."""
+        with self._lock:
+            try:
+                if not self._may_fetch():  # another caller fetched while this one waited
+                    return
+                self._attempted_at = self._clock()
+                self.fetches += 1
+                self._keys = self._fetch()
+                self._fetched_at = self._clock()
+            except Exception as exc:  # keep serving the old keys; the next interval retries
+                log.warning("JWKS fetch failed", extra={"url": self._url, "error": repr(exc)})
+            finally:
+                self._background_refresh = False
+
+    def _fetch(self) -> dict[str, jwt.PyJWK]:
+        with urllib.request.urlopen(self._url, timeout=self._timeout_seconds) as response:
+            document = orjson.loads(response.read(_MAX_JWKS_BYTES + 1)[:_MAX_JWKS_BYTES])
+        keys: dict[str, jwt.PyJWK] = {}
+        for entry in document.get("keys", []) if isinstance(document, dict) else []:
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue
+            kid = entry.get("kid")
+            try:
+                key = jwt.PyJWK(entry)
+            except jwt.PyJWTError:
+                continue  # a key type this library cannot use
+            if isinstance(kid, str) and key.algorithm_name == self._algorithm:
+                keys[kid] = key
+        if not keys:
+            log.warning(
+                "JWKS has no usable key", extra={"url": self._url, "algorithm": self._algorithm}
+            )
+        return keys
 
 
 class TokenVerifier:
-    """Verifies bearer tokens with one configured algorithm and key."""
+    """Verifies bearer tokens with one configured algorithm and a fixed key or a JWKS."""
 
-    def __init__(self, algorithm: str, key: str, leeway_seconds: int) -> None:
-        # A single, configured algorithm: `alg: none` and HS/RS key confusion cannot pass.
-        self._algorithms = [algorithm]
+    def __init__(
+        self,
+        settings: Settings,
+        key: Any = None,
+        jwks: JwksKeys | None = None,
+    ) -> None:
+        if (key is None) == (jwks is None):
+            raise ValueError("a verifier needs a key or a JWKS, not both")
         self._key = key
-        self._leeway = leeway_seconds
+        self._jwks = jwks
+        # A single, configured algorithm: `alg: none` and HS/RS key confusion cannot pass.
+        self._algorithms = [settings.jwt_algorithm]
+        self._leeway = settings.jwt_leeway_seconds
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._permissions_claim = settings.jwt_permissions_claim
+        self._options: dict[str, Any] = {
+            "require": ["exp", "sub"] + (["iss"] if self._issuer else []),
+            "enforce_minimum_key_length": True,
+        }
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
-        return cls(
-            settings.jwt_algorithm, settings.jwt_verification_key(), settings.jwt_leeway_seconds
-        )
+        """A verifier with its key material loaded and checked now, once."""
+        if settings.jwt_jwks_url is not None:
+            jwks = JwksKeys(
+                settings.jwt_jwks_url,
+                settings.jwt_algorithm,
+                settings.jwt_jwks_cache_seconds,
+                settings.jwt_jwks_min_refresh_seconds,
+                settings.jwt_jwks_timeout_seconds,
+            )
+            return cls(settings, jwks=jwks)
+        algorithm = get_default_algorithms()[settings.jwt_algorithm]
+        # Raises for a PEM given as HS256 secret or a key of the wrong type (HS/RS confusion).
+        key = algorithm.prepare_key(settings.jwt_verification_key())
+        too_short = algorithm.check_key_length(key)
+        if too_short:
+            raise ValueError(too_short)
+        return cls(settings, key=key)
 
-    def verify(self, authorization: str | None) -> Principal:
-        """The principal of an ``Authorization: Bearer`` header value, or ``AuthError``."""
-        if not authorization:
-            raise AuthError("missing bearer token")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthError("the Authorization header must be 'Bearer <token>'")
+    async def authenticate(self, authorization: str | None) -> Principal:
+        token = _bearer_token(authorization)
+        key = self._key if self._jwks is None else await self._jwks.key_for(_key_id(token))
         try:
             claims = jwt.decode(
-                token.strip(),
-                self._key,
+                token,
+                key,
                 algorithms=self._algorithms,
                 leeway=self._leeway,
-                options={"require": ["exp", "sub"]},
+                issuer=self._issuer,
+                audience=self._audience,
+                options=self._options,  # type: ignore[arg-type]
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("token expired") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
+        return Principal(_subject(claims), self._permissions(claims))
+
+    def _permissions(self, claims: dict[str, Any]) -> frozenset[str]:
+        granted = claims.get(self._permissions_claim, [])
+        if isinstance(granted, str):  # OAuth `scope` style
+            return frozenset(granted.split())
+        if isinstance(granted, list) and all(isinstance(p, str) for p in granted):
+            return frozenset(granted)
+        raise AuthError(f"token claim '{self._permissions_claim}' is not a list of strings")
+
+
+def _key_id(token: str) -> str:
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(f"invalid token: {exc}") from exc
+    if not isinstance(kid, str) or not 0 < len(kid) <= _MAX_KID_LENGTH:
+        raise AuthError("the token header names no key id ('kid')")
+    return kid
+
+
+class UnverifiedViewer:
+    """Authentication switched off: anyone may do anything (``AUTH_DISABLED_INSECURE``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._everything = frozenset({settings.jwt_write_permission, settings.jwt_read_permission})
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            return Principal(None, self._everything)
         try:
-            user_id = UUID(claims["sub"])
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise AuthError("token subject is not a UUID") from exc
-        permissions = claims.get("permissions", [])
-        if not isinstance(permissions, list):
-            raise AuthError("token 'permissions' claim is not a list")
-        return Principal(user_id, frozenset(str(p) for p in permissions))
+            claims = jwt.decode(_bearer_token(authorization), options={"verify_signature": False})
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from exc
+        return Principal(_subject(claims), self._everything)
+
+
+def authenticator_from_settings(settings: Settings) -> Authenticator:
+    if settings.auth_disabled_insecure:
+        log.warning(
+            "AUTHENTICATION IS DISABLED (AUTH_DISABLED_INSECURE=true): anyone can write any "
+            "viewer's events and read any viewer's positions. Local experiments only."
+        )
+        return UnverifiedViewer(settings)
+    return TokenVerifier.from_settings(settings)
 
 
 def issue_dev_token(settings: Settings, subject: UUID, ttl_seconds: int) -> str:
@@ -80,12 +303,19 @@ def issue_dev_token(settings: Settings, subject: UUID, ttl_seconds: int) -> str:
     if settings.jwt_algorithm != "HS256":
         raise SystemExit("dev tokens need JWT_ALGORITHM=HS256 (the local default)")
     now = int(time.time())
-    claims = {
+    claims: dict[str, Any] = {
         "sub": str(subject),
         "iat": now,
         "exp": now + ttl_seconds,
-        "permissions": list(DEV_PERMISSIONS),
+        settings.jwt_permissions_claim: [
+            settings.jwt_write_permission,
+            settings.jwt_read_permission,
+        ],
     }
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
     return jwt.encode(claims, settings.jwt_verification_key(), algorithm="HS256")
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "AuthUnavailable",
     "DeliveryFailed",
+    "Forbidden",
+    "InvalidRequest",
+    "MissingToken",
     "PipelineError",
     "StoreUnavailable",
 ]
@@ -15,7 +19,38 @@ class PipelineError(Exception):
 
 
 class AuthError(PipelineError):
-    """The bearer token is missing, malformed, badly signed or expired (HTTP 401)."""
+    """The bearer token is malformed, badly signed, expired or not for us (HTTP 401)."""
+
+
+class MissingToken(AuthError):
+    """The request carries no bearer token at all (HTTP 401 without an error code)."""
+
+
+class AuthUnavailable(PipelineError):
+    """The signing keys cannot be fetched: not the client's fault, retry later (HTTP 503)."""
+
+
+class Forbidden(PipelineError):
+    """A valid token without the right to do this (HTTP 403).
+
+    ``missing_permission`` names the permission when that is the reason, so the answer can say
+    which one (RFC 6750 ``insufficient_scope``).
+    """
+
+    def __init__(self, detail: str, missing_permission: str | None = None) -> None:
+        super().__init__(detail)
+        self.missing_permission = missing_permission
+
+
+class InvalidRequest(PipelineError):
+    """The request itself is unacceptable (HTTP 400, 413, 415 or 422), with the failing fields."""
+
+    def __init__(
+        self, status: int, detail: str, errors: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.errors = errors
 
 
 class DeliveryFailed(PipelineError):

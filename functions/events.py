@@ -7,23 +7,44 @@ the JSON schema of the Kafka value; a test fails when the committed file is stal
 
 from __future__ import annotations
 
+import re
 import sys
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "CANONICAL_UUID",
+    "MAX_MOVIE_TIME_OFFSET_MS",
     "RECORD_SCHEMA_PATH",
     "SCHEMA_VERSION",
+    "CanonicalUUID",
+    "EventTimeWindow",
+    "RequestModels",
     "SeedViewIn",
+    "ViewBatchIn",
     "ViewEventIn",
     "ViewRecord",
     "record_json_schema",
     "render_record_schema",
+    "request_models",
 ]
 
 SCHEMA_VERSION = 1
@@ -32,10 +53,60 @@ RECORD_SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "schemas" / 
 # Longer than any feature film, short enough to catch a seconds/milliseconds mix-up in microseconds.
 MAX_MOVIE_TIME_OFFSET_MS = 48 * 3600 * 1000
 
+# ClickHouse's DateTime64 spans 1900..2299; anything outside this narrower span is a broken clock.
+_STORABLE_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+_STORABLE_UNTIL = datetime(2200, 1, 1, tzinfo=UTC)
+
+# The 8-4-4-4-12 form of RFC 9562, either case (Swift and .NET print upper case).
+CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+def _canonical_uuid_text(value: object) -> object:
+    # pydantic also takes 32 bare hex digits, "urn:uuid:..." and "{...}": one spelling only here.
+    if isinstance(value, str) and CANONICAL_UUID.fullmatch(value) is None:
+        raise PydanticCustomError("uuid_not_canonical", "must be a UUID as 8-4-4-4-12 hex digits")
+    return value
+
+
+def _storable(moment: datetime) -> datetime:
+    if not _STORABLE_FROM <= moment < _STORABLE_UNTIL:
+        raise PydanticCustomError("datetime_out_of_range", "must be between 1970 and 2200")
+    return moment
+
+
+CanonicalUUID = Annotated[UUID, BeforeValidator(_canonical_uuid_text)]
+StorableTime = Annotated[AwareDatetime, AfterValidator(_storable)]
 MovieTimeOffset = Annotated[
     int,
     Field(ge=0, le=MAX_MOVIE_TIME_OFFSET_MS, description="Position in the movie, in ms."),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class EventTimeWindow:
+    """The ``event_time``s a request may carry, relative to when it was received.
+
+    Passed as the validation context of the request models; without it (the Kafka side) only the
+    static bounds of the schema apply.
+    """
+
+    received_at: datetime
+    max_skew: timedelta
+    max_age: timedelta
+
+    def check(self, event_time: datetime) -> None:
+        if event_time > self.received_at + self.max_skew:
+            raise PydanticCustomError(
+                "event_time_in_future",
+                "must be at most {seconds} s after the receive time",
+                {"seconds": int(self.max_skew.total_seconds())},
+            )
+        if event_time < self.received_at - self.max_age:
+            raise PydanticCustomError(
+                "event_time_too_old",
+                "must be at most {seconds} s before the receive time",
+                {"seconds": int(self.max_age.total_seconds())},
+            )
 
 
 class _Strict(BaseModel):
@@ -46,24 +117,39 @@ class _Strict(BaseModel):
 class ViewEventIn(_Strict):
     """Body of ``POST /v1/views``: where the token's viewer is in a movie."""
 
-    movie_id: UUID
+    movie_id: CanonicalUUID
     movie_time_offset: MovieTimeOffset
-    event_time: AwareDatetime | None = Field(
-        None, description="When the player was at that position (RFC 3339); default: receipt."
+    event_time: StorableTime | None = Field(
+        None,
+        description="When the player was at that position (RFC 3339 with offset); default: "
+        "receipt. At most a few minutes ahead of the receive time, at most some days behind.",
     )
-    event_id: UUID | None = Field(
+    event_id: CanonicalUUID | None = Field(
         None, description="The client's idempotency key; default: a new UUID."
     )
-    user_id: UUID | None = Field(None, description="Must equal the token's subject when given.")
+    user_id: CanonicalUUID | None = Field(
+        None, description="Must equal the token's subject when given."
+    )
+
+    @field_validator("event_time")
+    @classmethod
+    def _within_window(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is not None and isinstance(info.context, EventTimeWindow):
+            info.context.check(value)
+        return value
 
 
-class SeedViewIn(BaseModel):
+class ViewBatchIn(_Strict):
+    """Body of ``POST /v1/views:batch``: a player's offline queue, each event judged alone."""
+
+    events: list[ViewEventIn] = Field(min_length=1)
+
+
+class SeedViewIn(_Strict):
     """Body of the seed service's ``POST /bigdata-api/v1/producer/views``."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-    user_id: UUID
-    movie_id: UUID
+    user_id: CanonicalUUID
+    movie_id: CanonicalUUID
     movie_time_offset: MovieTimeOffset
     created_at: str = Field(
         pattern=r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
@@ -71,16 +157,47 @@ class SeedViewIn(BaseModel):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RequestModels:
+    """The request bodies with the configured bounds, as validated and as documented."""
+
+    view: type[ViewEventIn]
+    batch: type[ViewBatchIn]
+    seed: type[SeedViewIn]
+
+
+@lru_cache(maxsize=4)
+def request_models(max_movie_time_offset_ms: int, max_batch_events: int) -> RequestModels:
+    """Subclasses of the request models narrowed to a deployment's limits (same names)."""
+    offset: Any = (
+        int,
+        Field(ge=0, le=max_movie_time_offset_ms, description="Position in the movie, in ms."),
+    )
+    view = create_model(
+        "ViewEventIn", __base__=ViewEventIn, __doc__=ViewEventIn.__doc__, movie_time_offset=offset
+    )
+    batch = create_model(
+        "ViewBatchIn",
+        __base__=ViewBatchIn,
+        __doc__=ViewBatchIn.__doc__,
+        events=(list[view], Field(min_length=1, max_length=max_batch_events)),
+    )
+    seed = create_model(
+        "SeedViewIn", __base__=SeedViewIn, __doc__=SeedViewIn.__doc__, movie_time_offset=offset
+    )
+    return RequestModels(view=view, batch=batch, seed=seed)
+
+
 class ViewRecord(_Strict):
     """The Kafka value of a view event (key: the user id)."""
 
     schema_version: Literal[1] = 1
-    event_id: UUID
-    user_id: UUID
-    movie_id: UUID
+    event_id: CanonicalUUID
+    user_id: CanonicalUUID
+    movie_id: CanonicalUUID
     movie_time_offset: MovieTimeOffset
-    event_time: AwareDatetime
-    received_at: AwareDatetime
+    event_time: StorableTime
+    received_at: StorableTime
 
     @classmethod
     def from_request(

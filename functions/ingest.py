@@ -1,48 +1,143 @@
 """The HTTP API: accept view events into Kafka, read positions and rankings from ClickHouse.
 
 ``IngestApi.handle`` takes a Starlette request and returns a response; ``functions/main.py``
-registers it as a functions-framework ASGI function. Kafka and ClickHouse are reached through
-factories called on first use, so nothing with threads or sockets exists before a worker forks.
+registers it as a functions-framework ASGI function. ``IngestApi.routes`` is the one route
+table: the dispatcher authorizes and reads bodies from it, and the OpenAPI document is generated
+from it. Kafka and ClickHouse are reached through factories called on first use, so nothing with
+threads or sockets exists before a worker forks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any
-from uuid import UUID
+from typing import Any, ClassVar, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails, from_json, to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from functions.auth import Principal, TokenVerifier
-from functions.errors import AuthError, DeliveryFailed, StoreUnavailable
-from functions.events import SeedViewIn, ViewEventIn, ViewRecord
-from functions.problems import field_errors, problem_response
+from functions.api_models import (
+    BatchOutcome,
+    Health,
+    MostWatched,
+    MostWatchedQuery,
+    PositionOut,
+    PositionPath,
+    SeedAccepted,
+    ViewAccepted,
+)
+from functions.auth import Principal, authenticator_from_settings
+from functions.errors import (
+    AuthError,
+    AuthUnavailable,
+    DeliveryFailed,
+    Forbidden,
+    InvalidRequest,
+    MissingToken,
+    StoreUnavailable,
+)
+from functions.events import EventTimeWindow, ViewEventIn, ViewRecord, request_models
+from functions.openapi import DOCS_PAGE, Body, Operation, openapi_document, path_pattern
+from functions.problems import field_errors, problem_document, problem_response
 from functions.producer import AsyncProducer
 from functions.settings import Settings
 from functions.store import ViewStore
 
-__all__ = ["IngestApi"]
+__all__ = ["IngestApi", "Route", "read_json_body"]
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
-_PATH_SEGMENT = r"[^/]+"
+Model = TypeVar("Model", bound=BaseModel)
+
+# Only this page's own inline script and style may run, and it may only fetch from this origin.
+_DOCS_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
+)
 
 
 def _json(content: Any, status: int) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A request that passed its route's authorization, with its body read within the limit."""
+
+    request: Request
+    params: dict[str, str]
+    body: bytes
+    authorized: Principal | None
+
+    @property
+    def principal(self) -> Principal:
+        if self.authorized is None:
+            raise TypeError("this route has no permission, hence no principal")
+        return self.authorized
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # an OpenAPI path template
+    handler: Callable[[IngestApi, Incoming], Awaitable[Response]]
+    operation: Operation
+
+
+async def read_json_body(request: Request, max_bytes: int) -> bytes:
+    """The body of a JSON request, refused (415, 413) before anything of it is parsed."""
+    media_type, _, parameters = request.headers.get("content-type", "").partition(";")
+    charset = parameters.strip().lower().removeprefix("charset=").strip('"')
+    if media_type.strip().lower() != "application/json" or charset not in ("", "utf-8", "utf8"):
+        raise InvalidRequest(415, "the body must be application/json in UTF-8")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise InvalidRequest(413, f"the body is over the {max_bytes}-byte limit")
+    body = bytearray()
+    async for chunk in request.stream():  # a missing or lying Content-Length is caught here
+        body += chunk
+        if len(body) > max_bytes:
+            raise InvalidRequest(413, f"the body is over the {max_bytes}-byte limit")
+    return bytes(body)
+
+
+def _invalid_body(errors: list[ErrorDetails]) -> InvalidRequest:
+    if any(error["type"] == "json_invalid" for error in errors):
+        return InvalidRequest(400, f"the body is not valid JSON: {errors[0]['msg']}")
+    return InvalidRequest(422, "the body does not match the schema", errors=field_errors(errors))
+
+
+def _rejected(
+    status: int, detail: str, errors: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    return {"status": "rejected", "problem": problem_document(status, detail, errors=errors)}
+
+
+def _errors(exc: ValidationError) -> list[ErrorDetails]:
+    return exc.errors(include_url=False, include_input=False)
+
+
+def _parameters(model: type[Model], values: dict[str, str], location: str) -> Model:
+    try:
+        return model.model_validate_strings(values)
+    except ValidationError as exc:
+        raise InvalidRequest(
+            422,
+            f"invalid {location} parameters",
+            errors=field_errors(_errors(exc), f"#/{location}"),
+        ) from exc
+
+
 class IngestApi:
     """Routes, authentication and the HTTP contract of the ingest function."""
+
+    routes: ClassVar[tuple[Route, ...]]
 
     def __init__(
         self,
@@ -53,25 +148,23 @@ class IngestApi:
         self._settings = settings
         self._producer_factory = producer_factory
         self._store_factory = store_factory
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
-            ("GET", re.compile(r"/healthz"), self._healthz),
-            ("POST", re.compile(r"/v1/views"), self._post_view),
-            ("POST", re.compile(r"/bigdata-api/v1/producer/views"), self._post_seed_view),
-            (
-                "GET",
-                re.compile(rf"/v1/views/(?P<movie_id>{_PATH_SEGMENT})/position"),
-                self._get_position,
-            ),
-            ("GET", re.compile(r"/v1/movies/most-watched"), self._get_most_watched),
-        ]
-
-    @cached_property
-    def _verifier(self) -> TokenVerifier:
-        return TokenVerifier.from_settings(self._settings)
+        self._authenticator = authenticator_from_settings(settings)
+        self._permissions = {
+            "write": settings.jwt_write_permission,
+            "read": settings.jwt_read_permission,
+        }
+        self._models = request_models(settings.max_movie_time_offset_ms, settings.max_batch_events)
+        self._max_skew = timedelta(seconds=settings.max_event_time_skew_seconds)
+        self._max_age = timedelta(seconds=settings.max_event_age_seconds)
+        self._dispatch = [(route, path_pattern(route.path)) for route in self.routes]
 
     @cached_property
     def _producer(self) -> AsyncProducer:
         return self._producer_factory()
+
+    @cached_property
+    def openapi(self) -> bytes:
+        return orjson.dumps(openapi_document(self.routes, self._settings))
 
     async def _store(self) -> ViewStore:
         # The first call connects (blocking); later calls return the cached store.
@@ -81,21 +174,35 @@ class IngestApi:
         """Answer one request; every error is a problem document, never a bare 500."""
         path = request.url.path.rstrip("/") or "/"
         allowed = []
-        for method, pattern, handler in self._routes:
+        for route, pattern in self._dispatch:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
-            if method != request.method:
-                allowed.append(method)
+            if route.method != request.method:
+                allowed.append(route.method)
                 continue
             try:
-                return await handler(request, match.groupdict())
+                incoming = await self._admit(route.operation, request, match.groupdict())
+                return await route.handler(self, incoming)
+            except MissingToken as exc:
+                return problem_response(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
             except AuthError as exc:
                 return problem_response(
-                    401,
-                    str(exc),
-                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                    401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
                 )
+            except Forbidden as exc:
+                headers = None
+                if exc.missing_permission is not None:
+                    challenge = (
+                        f'Bearer error="insufficient_scope", scope="{exc.missing_permission}"'
+                    )
+                    headers = {"WWW-Authenticate": challenge}
+                return problem_response(403, str(exc), headers=headers)
+            except InvalidRequest as exc:
+                return problem_response(exc.status, str(exc), errors=exc.errors)
+            except AuthUnavailable as exc:
+                log.warning("signing keys unavailable: %s", exc)
+                return self._unavailable("the token signing keys are unavailable")
             except DeliveryFailed as exc:
                 log.warning("kafka did not acknowledge: %s", exc)
                 return self._unavailable("the event was not acknowledged by Kafka")
@@ -103,7 +210,7 @@ class IngestApi:
                 log.warning("clickhouse unavailable: %s", exc)
                 return self._unavailable("the view store is unavailable")
             except Exception:
-                log.exception("unhandled error on %s %s", request.method, path)
+                log.exception("unhandled error on %s %s", request.method, route.path)
                 return problem_response(500, "internal error")
         if allowed:
             return problem_response(
@@ -111,69 +218,147 @@ class IngestApi:
             )
         return problem_response(404, f"no route for {path}")
 
+    async def _admit(
+        self, operation: Operation, request: Request, params: dict[str, str]
+    ) -> Incoming:
+        # Order: who (401), may they (403), then the body (415, 413) — nothing is read for a
+        # caller who may not write.
+        principal = None
+        if operation.permission is not None:
+            principal = await self._authenticator.authenticate(request.headers.get("authorization"))
+            principal.require(self._permissions[operation.permission])
+        body = b""
+        if operation.body is not None:
+            body = await read_json_body(request, operation.body.max_bytes(self._settings))
+        return Incoming(request, params, body, principal)
+
     def _unavailable(self, detail: str) -> Response:
         return problem_response(
             503, detail, headers={"Retry-After": str(self._settings.retry_after_seconds)}
         )
 
-    def _authenticate(self, request: Request) -> Principal:
-        return self._verifier.verify(request.headers.get("authorization"))
-
-    async def _healthz(self, request: Request, params: dict[str, str]) -> Response:
-        return _json({"status": "ok"}, 200)
-
-    async def _post_view(self, request: Request, params: dict[str, str]) -> Response:
-        principal = self._authenticate(request)
-        try:
-            event = ViewEventIn.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return _invalid_body(exc)
-        if event.user_id is not None and event.user_id != principal.user_id:
-            return problem_response(403, "user_id is not the token's subject")
-        record = ViewRecord.from_request(
-            user_id=principal.user_id,
-            movie_id=event.movie_id,
-            movie_time_offset=event.movie_time_offset,
-            received_at=datetime.now(UTC),
-            event_time=event.event_time,
-            event_id=event.event_id,
-        )
-        await self._produce(record)
-        return _json({"event_id": str(record.event_id), "status": "accepted"}, 202)
-
-    async def _post_seed_view(self, request: Request, params: dict[str, str]) -> Response:
-        principal = self._authenticate(request)
-        try:
-            event = SeedViewIn.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return _invalid_body(exc)
-        if event.user_id != principal.user_id:
-            return problem_response(403, "user_id is not the token's subject")
-        record = ViewRecord.from_request(
-            user_id=principal.user_id,
-            movie_id=event.movie_id,
-            movie_time_offset=event.movie_time_offset,
-            received_at=datetime.now(UTC),
-        )
-        await self._produce(record)
-        return _json({"message": "acknowledged", "status": "success"}, 201)
+    def _window(self, received_at: datetime) -> EventTimeWindow:
+        return EventTimeWindow(received_at, self._max_skew, self._max_age)
 
     async def _produce(self, record: ViewRecord) -> None:
         key, value = record.to_kafka()
         await self._producer.send(self._settings.views_topic, key, value)
 
-    async def _get_position(self, request: Request, params: dict[str, str]) -> Response:
-        principal = self._authenticate(request)
+    # --- handlers ----------------------------------------------------------------------------
+
+    async def _healthz(self, incoming: Incoming) -> Response:
+        return _json({"status": "ok"}, 200)
+
+    async def _openapi_json(self, incoming: Incoming) -> Response:
+        return Response(self.openapi, media_type="application/json")
+
+    async def _docs(self, incoming: Incoming) -> Response:
+        return Response(
+            DOCS_PAGE, media_type="text/html", headers={"Content-Security-Policy": _DOCS_POLICY}
+        )
+
+    async def _post_view(self, incoming: Incoming) -> Response:
+        received_at = datetime.now(UTC)
         try:
-            movie_id = UUID(params["movie_id"])
-        except ValueError:
-            return problem_response(
-                422,
-                "movie_id is not a UUID",
-                errors=[{"pointer": "#/path/movie_id", "detail": "must be a UUID"}],
+            event = self._models.view.model_validate_json(
+                incoming.body, context=self._window(received_at)
             )
+        except ValidationError as exc:
+            raise _invalid_body(_errors(exc)) from exc
+        record = self._record(incoming.principal, event, received_at)
+        await self._produce(record)
+        return _json({"event_id": str(record.event_id), "status": "accepted"}, 202)
+
+    def _record(
+        self, principal: Principal, event: ViewEventIn, received_at: datetime
+    ) -> ViewRecord:
+        return ViewRecord.from_request(
+            user_id=principal.viewer(event.user_id),
+            movie_id=event.movie_id,
+            movie_time_offset=event.movie_time_offset,
+            received_at=received_at,
+            event_time=event.event_time,
+            event_id=event.event_id,
+        )
+
+    async def _post_view_batch(self, incoming: Incoming) -> Response:
+        received_at = datetime.now(UTC)
+        items: list[dict[str, Any]] = []
+        records: list[tuple[int, ViewRecord]] = []  # (position in items, record)
+        for event in self._batch_events(incoming.body, self._window(received_at)):
+            if isinstance(event, InvalidRequest):
+                items.append(_rejected(event.status, str(event), event.errors))
+                continue
+            try:
+                record = self._record(incoming.principal, event, received_at)
+            except Forbidden as exc:
+                items.append(_rejected(403, str(exc)))
+                continue
+            records.append((len(items), record))
+            items.append({"status": "accepted", "event_id": str(record.event_id)})
+        outcomes = await asyncio.gather(
+            *(self._produce(record) for _, record in records), return_exceptions=True
+        )
+        retry = False
+        for (index, _), outcome in zip(records, outcomes, strict=True):
+            if isinstance(outcome, DeliveryFailed):
+                log.warning("kafka did not acknowledge a batch event: %s", outcome)
+                retry = True
+                items[index] = _rejected(503, "the event was not acknowledged by Kafka")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        accepted = sum(item["status"] == "accepted" for item in items)
+        response = _json(
+            {"accepted": accepted, "rejected": len(items) - accepted, "items": items},
+            202 if accepted == len(items) else 207,
+        )
+        if retry:
+            response.headers["Retry-After"] = str(self._settings.retry_after_seconds)
+        return response
+
+    def _batch_events(
+        self, body: bytes, window: EventTimeWindow
+    ) -> list[ViewEventIn | InvalidRequest]:
+        """Each event of a batch, or what is wrong with it; ``InvalidRequest`` for the whole."""
+        try:
+            return list(self._models.batch.model_validate_json(body, context=window).events)
+        except ValidationError as exc:
+            errors = _errors(exc)
+        by_item: dict[int, list[ErrorDetails]] = {}
+        for error in errors:
+            location = error["loc"]
+            if len(location) < 2 or location[0] != "events" or not isinstance(location[1], int):
+                raise _invalid_body(errors)  # the envelope itself is wrong
+            by_item.setdefault(location[1], []).append(error)
+        # Some events are wrong: judge the others alone (one pass sufficed for a clean batch).
+        events: list[ViewEventIn | InvalidRequest] = []
+        for index, item in enumerate(from_json(body)["events"]):
+            if index in by_item:
+                events.append(_invalid_body(by_item[index]))
+            else:
+                events.append(self._models.view.model_validate_json(to_json(item), context=window))
+        return events
+
+    async def _post_seed_view(self, incoming: Incoming) -> Response:
+        received_at = datetime.now(UTC)
+        try:
+            event = self._models.seed.model_validate_json(incoming.body)
+        except ValidationError as exc:
+            raise _invalid_body(_errors(exc)) from exc
+        record = ViewRecord.from_request(
+            user_id=incoming.principal.viewer(event.user_id),
+            movie_id=event.movie_id,
+            movie_time_offset=event.movie_time_offset,
+            received_at=received_at,
+        )
+        await self._produce(record)
+        return _json({"message": "acknowledged", "status": "success"}, 201)
+
+    async def _get_position(self, incoming: Incoming) -> Response:
+        viewer = incoming.principal.viewer(None)
+        movie_id = _parameters(PositionPath, incoming.params, "path").movie_id
         store = await self._store()
-        position = await asyncio.to_thread(store.latest_position, principal.user_id, movie_id)
+        position = await asyncio.to_thread(store.latest_position, viewer, movie_id)
         if position is None:
             return problem_response(404, "no view of this movie by this viewer")
         return _json(
@@ -185,17 +370,11 @@ class IngestApi:
             200,
         )
 
-    async def _get_most_watched(self, request: Request, params: dict[str, str]) -> Response:
-        self._authenticate(request)
-        raw_limit = request.query_params.get("limit", "10")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
-            return problem_response(
-                422,
-                "limit must be an integer from 1 to 1000",
-                errors=[{"pointer": "#/query/limit", "detail": "must be 1..1000"}],
-            )
+    async def _get_most_watched(self, incoming: Incoming) -> Response:
+        query = dict(incoming.request.query_params)
+        limit = _parameters(MostWatchedQuery, query, "query").limit
         store = await self._store()
-        ranking = await asyncio.to_thread(store.most_watched, int(raw_limit))
+        ranking = await asyncio.to_thread(store.most_watched, limit)
         return _json(
             {
                 "movies": [
@@ -207,12 +386,87 @@ class IngestApi:
         )
 
 
-def _invalid_body(exc: ValidationError) -> Response:
-    if any(error["type"] == "json_invalid" for error in exc.errors()):
-        return problem_response(400, "the body is not valid JSON")
-    return problem_response(
-        422, "the body does not match the event schema", errors=field_errors(exc)
-    )
+_VIEW_BODY = Body(lambda models: models.view, lambda settings: settings.max_view_body_bytes)
+
+IngestApi.routes = (
+    Route(
+        "POST",
+        "/v1/views",
+        IngestApi._post_view,
+        Operation(
+            "postView",
+            "Record where the token's viewer is in a movie",
+            {202: ViewAccepted},
+            permission="write",
+            body=_VIEW_BODY,
+            errors=(503,),
+        ),
+    ),
+    Route(
+        "POST",
+        "/v1/views:batch",
+        IngestApi._post_view_batch,
+        Operation(
+            "postViewBatch",
+            "Record a player's queued events; each is accepted or rejected on its own",
+            {202: BatchOutcome, 207: BatchOutcome},
+            permission="write",
+            body=Body(lambda models: models.batch, lambda settings: settings.max_batch_body_bytes),
+        ),
+    ),
+    Route(
+        "POST",
+        "/bigdata-api/v1/producer/views",
+        IngestApi._post_seed_view,
+        Operation(
+            "postSeedView",
+            "The seed service's endpoint, for its existing clients",
+            {201: SeedAccepted},
+            permission="write",
+            body=Body(lambda models: models.seed, lambda settings: settings.max_view_body_bytes),
+            errors=(503,),
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/views/{movie_id}/position",
+        IngestApi._get_position,
+        Operation(
+            "getPosition",
+            "Where the token's viewer last was in a movie",
+            {200: PositionOut},
+            permission="read",
+            path_parameters=PositionPath,
+            errors=(404, 503),
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/movies/most-watched",
+        IngestApi._get_most_watched,
+        Operation(
+            "getMostWatched",
+            "Movies by number of distinct viewers",
+            {200: MostWatched},
+            permission="read",
+            query_parameters=MostWatchedQuery,
+            errors=(503,),
+        ),
+    ),
+    Route("GET", "/healthz", IngestApi._healthz, Operation("getHealth", "Liveness", {200: Health})),
+    Route(
+        "GET",
+        "/openapi.json",
+        IngestApi._openapi_json,
+        Operation("getOpenApi", "This document", {200: None}),
+    ),
+    Route(
+        "GET",
+        "/docs",
+        IngestApi._docs,
+        Operation("getDocs", "A page rendering this document", {200: None}, media_type="text/html"),
+    ),
+)
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from functions.events import MAX_MOVIE_TIME_OFFSET_MS
+
 __all__ = ["Settings", "get_settings"]
 
 JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
@@ -74,15 +76,88 @@ class Settings(BaseSettings):
     jwt_algorithm: JwtAlgorithm = Field(
         "HS256",
         description="The one signing algorithm accepted: HS256 (shared secret) or RS256/ES256 "
-        "(public key).",
+        "(public key from `JWT_PUBLIC_KEY_FILE` or `JWT_JWKS_URL`). Tokens signed otherwise, "
+        "`alg: none` included, are rejected.",
     )
     jwt_secret: str | None = Field(
-        None, description="HS256 shared secret (or use `JWT_SECRET_FILE`)."
+        None, description="HS256 shared secret, at least 32 bytes (or use `JWT_SECRET_FILE`)."
     )
     jwt_secret_file: Path | None = Field(None, description="File holding the HS256 shared secret.")
     jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS256/ES256.")
+    jwt_jwks_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="JWKS document of the identity provider for RS256/ES256 (instead of "
+        "`JWT_PUBLIC_KEY_FILE`); tokens must name their key with `kid`.",
+    )
+    jwt_jwks_cache_seconds: int = Field(
+        300,
+        ge=1,
+        description="Age after which the JWKS keys are refetched in the background (requests "
+        "keep using the cached keys meanwhile).",
+    )
+    jwt_jwks_min_refresh_seconds: int = Field(
+        30,
+        ge=1,
+        description="Least time between two JWKS fetches, so that tokens with unknown `kid`s "
+        "cannot make the function hammer the identity provider.",
+    )
+    jwt_jwks_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of one JWKS fetch.")
+    jwt_issuer: str | None = Field(
+        None, description="Required `iss` of tokens; not checked when unset."
+    )
+    jwt_audience: str | None = Field(
+        None,
+        description="Required `aud` of tokens. When unset, tokens that carry an `aud` are "
+        "rejected (they were issued for some other service).",
+    )
     jwt_leeway_seconds: int = Field(
-        30, ge=0, description="Clock skew tolerated on `exp`, `nbf` and `iat`."
+        30, ge=0, le=300, description="Clock skew tolerated on `exp`, `nbf` and `iat`."
+    )
+    jwt_permissions_claim: str = Field(
+        "permissions",
+        description="Claim listing what the token may do: a JSON list, or a space-separated "
+        "string like OAuth's `scope`.",
+    )
+    jwt_write_permission: str = Field(
+        "ugc.views.write", description="Permission needed to post view events."
+    )
+    jwt_read_permission: str = Field(
+        "ugc.views.read", description="Permission needed to read positions and rankings."
+    )
+    auth_disabled_insecure: bool = Field(
+        False,
+        description="Local experiments only: accept requests without a valid token (logged as a "
+        "warning at start). The viewer is then the body's `user_id`, or the unverified `sub` "
+        "of a token if one is sent.",
+    )
+
+    # --- Input limits ------------------------------------------------------------------------
+    max_view_body_bytes: int = Field(
+        65_536, ge=1024, description="Largest body of one view event; larger ones get 413."
+    )
+    max_batch_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest body of a batch of view events (413 beyond)."
+    )
+    max_batch_events: int = Field(
+        500, ge=1, le=10_000, description="Most events in one `POST /v1/views:batch`."
+    )
+    max_movie_time_offset_ms: int = Field(
+        MAX_MOVIE_TIME_OFFSET_MS,
+        ge=1,
+        le=MAX_MOVIE_TIME_OFFSET_MS,
+        description="Largest accepted `movie_time_offset` (ms); at most the Kafka schema's 48 h.",
+    )
+    max_event_time_skew_seconds: int = Field(
+        300,
+        ge=0,
+        description="How far in the future of the receive time an `event_time` may be "
+        "(player clocks drift).",
+    )
+    max_event_age_seconds: int = Field(
+        30 * 24 * 3600,
+        ge=60,
+        description="How far in the past an `event_time` may be (a player's offline queue).",
     )
 
     # --- Sink --------------------------------------------------------------------------------
@@ -110,21 +185,28 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _key_material_matches_algorithm(self) -> Settings:
+        asymmetric = (self.jwt_public_key_file, self.jwt_jwks_url)
         if self.jwt_algorithm == "HS256":
             if self.jwt_secret is None and self.jwt_secret_file is None:
                 raise ValueError("JWT_ALGORITHM=HS256 needs JWT_SECRET or JWT_SECRET_FILE")
-        elif self.jwt_public_key_file is None:
-            raise ValueError(f"JWT_ALGORITHM={self.jwt_algorithm} needs JWT_PUBLIC_KEY_FILE")
+            if any(source is not None for source in asymmetric):
+                raise ValueError("public keys are for RS256/ES256, not JWT_ALGORITHM=HS256")
+        elif sum(source is not None for source in asymmetric) != 1:
+            raise ValueError(
+                f"JWT_ALGORITHM={self.jwt_algorithm} needs one of JWT_PUBLIC_KEY_FILE "
+                "and JWT_JWKS_URL"
+            )
         return self
 
     def jwt_verification_key(self) -> str:
-        """The secret (HS256) or PEM public key (RS256/ES256) tokens are verified with."""
+        """The secret (HS256) or PEM public key (RS256/ES256 without JWKS), read from its file."""
         if self.jwt_algorithm == "HS256":
             if self.jwt_secret is not None:
                 return self.jwt_secret
             assert self.jwt_secret_file is not None
             return self.jwt_secret_file.read_text().strip()
-        assert self.jwt_public_key_file is not None
+        if self.jwt_public_key_file is None:
+            raise ValueError("the keys come from JWT_JWKS_URL")
         return self.jwt_public_key_file.read_text()
 
 

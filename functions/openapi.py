@@ -1,0 +1,247 @@
+"""The OpenAPI 3.1 document of the ingest function, generated from its route table and models.
+
+Nothing here is written by hand per endpoint: paths and methods come from ``IngestApi.routes``,
+schemas from the pydantic models (with the deployment's limits), permissions and limits from the
+settings. ``python -m functions.openapi`` writes ``docs/openapi.json`` for the default settings;
+a test fails when that file is stale, another when the document and the running routes disagree.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import orjson
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from functions.events import RequestModels, request_models
+from functions.problems import PROBLEM_CONTENT_TYPE, Problem
+from functions.settings import Settings
+
+__all__ = [
+    "DOCS_PAGE",
+    "OPENAPI_PATH",
+    "Body",
+    "Operation",
+    "openapi_document",
+    "path_pattern",
+    "render_openapi",
+]
+
+OPENAPI_PATH = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
+DOCS_PAGE = (Path(__file__).resolve().parent / "docs.html").read_bytes()
+
+_SECURITY_SCHEME = "bearerAuth"
+_PATH_PARAMETER = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A route's JSON request body: its model and its size limit, both from the settings."""
+
+    model: Callable[[RequestModels], type[BaseModel]]
+    max_bytes: Callable[[Settings], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What one route takes and answers; the document and the dispatcher both read it."""
+
+    operation_id: str
+    summary: str
+    success: dict[int, type[BaseModel] | None]  # None: not a JSON model (the docs page)
+    permission: Literal["write", "read"] | None = None
+    body: Body | None = None
+    path_parameters: type[BaseModel] | None = None
+    query_parameters: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()  # beyond those implied by the permission, body and parameters
+    media_type: str = "application/json"
+
+
+class DocumentedRoute(Protocol):
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def operation(self) -> Operation: ...
+
+
+def path_pattern(template: str) -> re.Pattern[str]:
+    """The regex of an OpenAPI path template: ``{name}`` matches one non-empty segment."""
+    parts = _PATH_PARAMETER.split(template)
+    # split() alternates literal text and parameter names.
+    return re.compile(
+        "".join(
+            re.escape(part) if index % 2 == 0 else f"(?P<{part}>[^/]+)"
+            for index, part in enumerate(parts)
+        )
+    )
+
+
+def _error_statuses(operation: Operation) -> list[int]:
+    statuses = set(operation.errors)
+    if operation.permission is not None:
+        statuses |= {401, 403, 503}  # 503: the signing keys could not be fetched
+    if operation.body is not None:
+        statuses |= {400, 413, 415, 422}
+    if operation.path_parameters is not None or operation.query_parameters is not None:
+        statuses.add(422)
+    return sorted(statuses)
+
+
+_ERROR_HEADERS = {
+    401: {
+        "WWW-Authenticate": {
+            "required": True,
+            "description": 'RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` '
+            "with a bad one.",
+            "schema": {"type": "string"},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "required": True,
+            "description": "Seconds to wait before retrying.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
+}
+
+
+def _parameters(model: type[BaseModel], location: str) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    parameters = []
+    for name, field_schema in schema["properties"].items():
+        field_schema = dict(field_schema)
+        description = field_schema.pop("description", "")
+        field_schema.pop("title", None)
+        parameters.append(
+            {
+                "name": name,
+                "in": location,
+                "required": name in required,
+                "description": description,
+                "schema": field_schema,
+            }
+        )
+    return parameters
+
+
+def _component_schemas(
+    routes: Iterable[DocumentedRoute], models: RequestModels
+) -> tuple[dict[tuple[Any, JsonSchemaMode], dict[str, Any]], dict[str, Any]]:
+    wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(Problem, "serialization"): None}
+    for route in routes:
+        if route.operation.body is not None:
+            wanted[(route.operation.body.model(models), "validation")] = None
+        for model in route.operation.success.values():
+            if model is not None:
+                wanted[(model, "serialization")] = None
+    refs, definitions = models_json_schema(
+        list(wanted), ref_template="#/components/schemas/{model}"
+    )
+    return refs, definitions.get("$defs", {})
+
+
+def openapi_document(routes: Iterable[DocumentedRoute], settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``routes`` as configured by ``settings``."""
+    routes = list(routes)
+    models = request_models(settings.max_movie_time_offset_ms, settings.max_batch_events)
+    refs, schemas = _component_schemas(routes, models)
+    permissions = {"write": settings.jwt_write_permission, "read": settings.jwt_read_permission}
+
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        operation = route.operation
+        document: dict[str, Any] = {
+            "operationId": operation.operation_id,
+            "summary": operation.summary,
+            "responses": {},
+        }
+        if operation.permission is not None:
+            permission = permissions[operation.permission]
+            document["security"] = [{_SECURITY_SCHEME: [permission]}]
+            document["description"] = f"Needs a token with the `{permission}` permission."
+        else:
+            document["security"] = []
+        parameters = []
+        if operation.path_parameters is not None:
+            parameters += _parameters(operation.path_parameters, "path")
+        if operation.query_parameters is not None:
+            parameters += _parameters(operation.query_parameters, "query")
+        if parameters:
+            document["parameters"] = parameters
+        if operation.body is not None:
+            body_model = operation.body.model(models)
+            document["requestBody"] = {
+                "required": True,
+                "description": f"At most {operation.body.max_bytes(settings)} bytes of UTF-8 JSON.",
+                "content": {"application/json": {"schema": refs[(body_model, "validation")]}},
+            }
+        for status, model in operation.success.items():
+            schema = {} if model is None else refs[(model, "serialization")]
+            document["responses"][str(status)] = {
+                "description": (model.__doc__ if model is not None else None)
+                or HTTPStatus(status).phrase,
+                "content": {operation.media_type: {"schema": schema}},
+            }
+        for status in _error_statuses(operation):
+            response: dict[str, Any] = {
+                "description": HTTPStatus(status).phrase,
+                "content": {PROBLEM_CONTENT_TYPE: {"schema": refs[(Problem, "serialization")]}},
+            }
+            if status in _ERROR_HEADERS:
+                response["headers"] = _ERROR_HEADERS[status]
+            document["responses"][str(status)] = response
+        paths.setdefault(route.path, {})[route.method.lower()] = document
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Watch-progress ingest",
+            "version": "1.0.0",
+            "description": "Where viewers are in movies: players post positions, which go to "
+            "Kafka and on to ClickHouse. A 2xx answer means the event is in Kafka. Errors are "
+            "RFC 9457 problem documents. Bodies are strict JSON: unknown fields, strings for "
+            "numbers and non-canonical UUIDs are rejected.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                _SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": f"A {settings.jwt_algorithm} JWT whose `sub` is the viewer's "
+                    f"UUID and whose `{settings.jwt_permissions_claim}` claim lists the "
+                    "operation's permission.",
+                }
+            },
+        },
+    }
+
+
+def render_openapi(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+
+def main() -> None:
+    from functions.ingest import IngestApi
+
+    # The committed document shows the defaults, whatever this shell's environment says.
+    defaults = Settings.model_construct()
+    OPENAPI_PATH.write_bytes(render_openapi(openapi_document(IngestApi.routes, defaults)) + b"\n")
+    sys.stdout.write(f"wrote {OPENAPI_PATH}\n")
+
+
+if __name__ == "__main__":
+    main()
