@@ -38,8 +38,12 @@ def make_token(
     now = datetime.now(UTC)
     payload = {"sub": str(subject), "iat": now, "exp": now + expires_in}
     payload["permissions"] = list(DEV_PERMISSIONS)
-    payload.update(claims)
-    return jwt.encode(payload, secret, algorithm="HS256")
+    payload.update(claims)  # a claim given as None is left out
+    return jwt.encode(
+        {name: value for name, value in payload.items() if value is not None},
+        secret,
+        algorithm="HS256",
+    )
 
 
 def bearer(subject: uuid.UUID | str, **claims: Any) -> dict[str, str]:
