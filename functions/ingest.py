@@ -62,6 +62,10 @@ _DOCS_POLICY = (
 )
 
 
+# A 64 KiB body of unknown fields would otherwise get a problem document several times its size.
+_MAX_LISTED_ERRORS = 100
+
+
 def _json(content: Any, status: int) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
@@ -110,7 +114,10 @@ async def read_json_body(request: Request, max_bytes: int) -> bytes:
 def _invalid_body(errors: list[ErrorDetails]) -> InvalidRequest:
     if any(error["type"] == "json_invalid" for error in errors):
         return InvalidRequest(400, f"the body is not valid JSON: {errors[0]['msg']}")
-    return InvalidRequest(422, "the body does not match the schema", errors=field_errors(errors))
+    detail = "the body does not match the schema"
+    if len(errors) > _MAX_LISTED_ERRORS:
+        detail += f" ({len(errors)} errors, the first {_MAX_LISTED_ERRORS} listed)"
+    return InvalidRequest(422, detail, errors=field_errors(errors[:_MAX_LISTED_ERRORS]))
 
 
 def _rejected(
