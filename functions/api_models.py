@@ -100,8 +100,8 @@ class PositionPath(BaseModel):
 
 
 class MostWatchedQuery(BaseModel):
-    """Query parameters of the ranking; unknown ones (cache busters) are ignored."""
+    """Query parameters of the ranking; unknown ones are rejected, as unknown body fields are."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(10, ge=1, le=1000, description="How many movies.")

@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 
 import jwt
 import pytest
+import uvicorn
 from confluent_kafka import Consumer, Message, Producer
+from localkafka import free_port
 from starlette.testclient import TestClient
 
 from functions.auth import DEV_PERMISSIONS
@@ -51,17 +53,41 @@ def bearer(subject: uuid.UUID | str, **claims: Any) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def ingest_client(settings: Settings, store: ViewStore) -> Iterator[TestClient]:
-    """The ingest function wrapped by functions-framework as when deployed, and a client."""
+def ingest_app(settings: Settings, store: ViewStore) -> Iterator[Any]:
+    """The ingest function wrapped by functions-framework as when deployed (an ASGI app)."""
     from functions_framework.aio import _create_asgi_app_with_function
 
     producer = AsyncProducer.from_settings(settings)
     api = IngestApi(settings, lambda: producer, lambda: store)
     try:
-        with TestClient(_create_asgi_app_with_function(api.handle, "http", False)) as client:
-            yield client
+        yield _create_asgi_app_with_function(api.handle, "http", False)
     finally:
         producer.close(timeout_seconds=1)
+
+
+@contextlib.contextmanager
+def ingest_client(settings: Settings, store: ViewStore) -> Iterator[TestClient]:
+    """The deployed ingest function and an in-process client."""
+    with ingest_app(settings, store) as app, TestClient(app) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def served_ingest(settings: Settings, store: ViewStore) -> Iterator[str]:
+    """The deployed ingest function on a real HTTP server on a free loopback port; its URL."""
+    with ingest_app(settings, store) as app:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="served-ingest", daemon=True)
+        thread.start()
+        try:
+            eventually(lambda: server.started, timeout=30, what="the HTTP server to start")
+            yield f"http://127.0.0.1:{config.port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=15)
 
 
 class RunningSink:
