@@ -11,6 +11,9 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from localkafka import free_port
 from pydantic import ValidationError
-from support import JWT_SECRET, eventually, make_token
+from support import JWT_SECRET, eventually, make_token, repo_root
 
 from functions.auth import (
     DEV_PERMISSIONS,
@@ -419,3 +422,18 @@ def test_unreachable_jwks_is_unavailable_not_unauthorized() -> None:
     verifier, _ = _jwks_verifier(url, ManualClock())
     with pytest.raises(AuthUnavailable):
         _authenticate(verifier, _signed(RSA_KEY, "k1"))
+
+
+def test_make_token_command_issues_a_token_the_api_accepts(hs256: TokenVerifier) -> None:
+    # What `make token SUB=...` runs, with the secret given as the Makefile does.
+    user = uuid.uuid4()
+    result = subprocess.run(
+        [sys.executable, "-m", "functions.auth", "token", "--sub", str(user)],
+        env={**os.environ, "JWT_SECRET": JWT_SECRET, "JWT_ALGORITHM": "HS256"},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=repo_root(),
+    )
+    principal = _authenticate(hs256, result.stdout.strip())
+    assert principal == Principal(user, frozenset(DEV_PERMISSIONS))
