@@ -126,11 +126,25 @@ def test_hs256_token_signed_with_the_rs_public_key_is_rejected(rs256_pem: TokenV
     _rejects(rs256_pem, f"{header}.{payload}.{_b64(signature)}", "alg value is not allowed")
 
 
-def test_rs256_token_is_accepted_and_other_keys_are_not(rs256_pem: TokenVerifier) -> None:
+@pytest.mark.parametrize(
+    ("algorithm", "key", "other_key", "foreign"),
+    [
+        ("RS256", RSA_KEY, OTHER_RSA_KEY, ("ES256", EC_KEY)),
+        ("ES256", EC_KEY, ec.generate_private_key(ec.SECP256R1()), ("RS256", RSA_KEY)),
+    ],
+)
+def test_public_key_from_pem_file(
+    tmp_path: Path, algorithm: str, key: Any, other_key: Any, foreign: tuple[str, Any]
+) -> None:
+    (tmp_path / "public.pem").write_bytes(_public_pem(key))
+    verifier = TokenVerifier.from_settings(
+        Settings(jwt_algorithm=algorithm, jwt_public_key_file=tmp_path / "public.pem")  # type: ignore[arg-type]
+    )
     user = uuid.uuid4()
-    assert _authenticate(rs256_pem, jwt.encode(_claims(user), RSA_KEY, "RS256")).user_id == user
-    _rejects(rs256_pem, jwt.encode(_claims(user), OTHER_RSA_KEY, "RS256"), "Signature")
-    _rejects(rs256_pem, jwt.encode(_claims(user), EC_KEY, "ES256"), "alg value is not allowed")
+    assert _authenticate(verifier, jwt.encode(_claims(user), key, algorithm)).user_id == user
+    _rejects(verifier, jwt.encode(_claims(user), other_key, algorithm), "Signature")
+    _rejects(verifier, jwt.encode(_claims(user), foreign[1], foreign[0]), "alg value")
+    _rejects(verifier, jwt.encode(_claims(user), "x" * 32, "HS256"), "alg value")
 
 
 @pytest.mark.parametrize(
