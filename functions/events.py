@@ -76,9 +76,9 @@ def _storable(moment: datetime) -> datetime:
 
 CanonicalUUID = Annotated[UUID, BeforeValidator(_canonical_uuid_text)]
 StorableTime = Annotated[AwareDatetime, AfterValidator(_storable)]
+_OFFSET_DESCRIPTION = "Position in the movie, in ms."
 MovieTimeOffset = Annotated[
-    int,
-    Field(ge=0, le=MAX_MOVIE_TIME_OFFSET_MS, description="Position in the movie, in ms."),
+    int, Field(ge=0, le=MAX_MOVIE_TIME_OFFSET_MS, description=_OFFSET_DESCRIPTION)
 ]
 
 
@@ -171,7 +171,7 @@ def request_models(max_movie_time_offset_ms: int, max_batch_events: int) -> Requ
     """Subclasses of the request models narrowed to a deployment's limits (same names)."""
     offset: Any = (
         int,
-        Field(ge=0, le=max_movie_time_offset_ms, description="Position in the movie, in ms."),
+        Field(ge=0, le=max_movie_time_offset_ms, description=_OFFSET_DESCRIPTION),
     )
     view = create_model(
         "ViewEventIn", __base__=ViewEventIn, __doc__=ViewEventIn.__doc__, movie_time_offset=offset
