@@ -48,6 +48,16 @@ def make_token(
     )
 
 
+def seed_body(user: uuid.UUID) -> dict[str, object]:
+    """A valid body of the seed service's route for ``user``."""
+    return {
+        "user_id": str(user),
+        "movie_id": str(uuid.uuid4()),
+        "movie_time_offset": 10,
+        "created_at": "2021-01-01 10:00:00",
+    }
+
+
 def bearer(subject: uuid.UUID | str, **claims: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(subject, **claims)}"}
 

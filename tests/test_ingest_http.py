@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 from starlette.testclient import TestClient
-from support import bearer, consume_all, ingest_client, make_token
+from support import bearer, consume_all, ingest_client, make_token, seed_body
 
 from functions.events import ViewRecord
 from functions.settings import Settings
@@ -177,12 +177,7 @@ def test_missing_field_is_422(api: TestClient) -> None:
 
 def test_seed_route_errors(api: TestClient) -> None:
     user = uuid.uuid4()
-    body = {
-        "user_id": str(user),
-        "movie_id": str(uuid.uuid4()),
-        "movie_time_offset": 10,
-        "created_at": "2021-01-01 10:00:00",
-    }
+    body = seed_body(user)
     route = "/bigdata-api/v1/producer/views"
     _assert_problem(api.post(route, json=body), 401)
     _assert_problem(api.post(route, json=body, headers=bearer(uuid.uuid4())), 403)

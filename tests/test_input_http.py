@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from starlette.testclient import TestClient
-from support import bearer, consume_all, ingest_client
+from support import bearer, consume_all, ingest_client, seed_body
 
 from functions.events import ViewRecord
 from functions.settings import Settings
@@ -256,12 +256,7 @@ def test_batch_size_is_bounded(settings: Settings, store: ViewStore) -> None:
 
 def test_seed_route_is_as_strict(api: TestClient) -> None:
     user = uuid.uuid4()
-    body = {
-        "user_id": str(user),
-        "movie_id": str(uuid.uuid4()),
-        "movie_time_offset": 10,
-        "created_at": "2021-01-01 10:00:00",
-    }
+    body = seed_body(user)
     route = "/bigdata-api/v1/producer/views"
     headers = {**bearer(user), "content-type": "text/plain"}
     _problem(api.post(route, content=orjson.dumps(body), headers=headers), 415)
