@@ -40,8 +40,8 @@ run: setup
 		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
 
 lint: $(VENV)/.synced
-	$(VENV)/bin/ruff check functions clickhouse infra tests
-	$(VENV)/bin/ruff format --check functions clickhouse infra tests
+	$(VENV)/bin/ruff check functions clickhouse infra loadtest tests
+	$(VENV)/bin/ruff format --check functions clickhouse infra loadtest tests
 	$(VENV)/bin/mypy functions
 
 test: setup lint
