@@ -16,12 +16,14 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer
 from starlette.testclient import TestClient
 
+from clickhouse.migrate import apply_migrations
 from functions.auth import DEV_PERMISSIONS
 from functions.events import ViewRecord
 from functions.ingest import IngestApi
 from functions.producer import AsyncProducer
 from functions.settings import Settings
 from functions.sink.consumer import BatchConsumer
+from functions.sink.core import ViewsWriter
 from functions.store import ViewStore
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -63,10 +65,10 @@ def ingest_client(settings: Settings, store: ViewStore) -> Iterator[TestClient]:
 class RunningSink:
     """The consumer-loop trigger on a thread, as ``python -m functions.sink`` runs it."""
 
-    def __init__(self, settings: Settings, store: ViewStore) -> None:
-        self.consumer = BatchConsumer(settings, store)
+    def __init__(self, settings: Settings, writer: ViewsWriter, name: str = "sink") -> None:
+        self.consumer = BatchConsumer(settings, writer)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.consumer.run, args=(self._stop,))
+        self._thread = threading.Thread(target=self.consumer.run, args=(self._stop,), name=name)
 
     def __enter__(self) -> RunningSink:
         self._thread.start()
@@ -147,6 +149,18 @@ def count_final(store: ViewStore, table: str, user_id: uuid.UUID) -> int:
             parameters={"u": user_id},
         ).result_rows[0][0]
     )
+
+
+def fresh_database(store: ViewStore) -> ViewStore:
+    """The session engine with a database of its own, for tests that reconcile all of it."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    apply_migrations(store.client, database)
+    return ViewStore(store.client, database, embedded=True)
+
+
+def store_queries(store: ViewStore) -> Callable[[list[str]], list[list[dict[str, Any]]]]:
+    """Runs queries on the session engine, as ``localsink.query_store`` does in a child."""
+    return lambda queries: [list(store.client.query(sql).named_results()) for sql in queries]
 
 
 def repo_root() -> Path:
