@@ -77,7 +77,8 @@ class SinkProcess:
         return self
 
     def _follow(self, stream: IO[bytes]) -> None:
-        log_file = self._log_path.open("ab") if self._log_path else None
+        # Unbuffered: the log must be complete even if this process is killed.
+        log_file = self._log_path.open("ab", buffering=0) if self._log_path else None
         try:
             for line in stream:
                 if log_file:

@@ -42,7 +42,7 @@ from localsink import SinkProcess, environment, migrate, query_store
 from reconcile import SentEvent, read_and_reconcile, synthetic_events
 
 from functions.ingest import IngestApi
-from functions.producer import AsyncProducer
+from functions.producer import AsyncProducer, producer_config
 from functions.settings import Settings
 from functions.store import ViewStore
 
@@ -155,16 +155,21 @@ class ChaosRun:
     async def post_all(self, events: list[SentEvent]) -> None:
         from functions_framework.aio import _create_asgi_app_with_function
 
-        producer = AsyncProducer.from_settings(self.settings)
+        # librdkafka reports every refused reconnect while the broker is down; that outage is
+        # the point of the run, so its clients log through a logger that keeps quiet.
+        quiet = {"logger": logging.getLogger("chaos.librdkafka")}
+        producer = AsyncProducer(
+            producer_config(self.settings) | quiet, self.settings.kafka_delivery_timeout_ms
+        )
 
         def no_store() -> ViewStore:
             raise AssertionError("the chaos load only posts")
 
         api = IngestApi(self.settings, lambda: producer, no_store)
-        app = _create_asgi_app_with_function(api.handle, "http", False)
-        tokens = {e.user_id: self._token(e.user_id) for e in events}
+        app = _create_asgi_app_with_function(api.handle, "http", False)  # type: ignore[no-untyped-call]
+        tokens = {user_id: self._token(user_id) for user_id in {e.user_id for e in events}}
         pending = iter(events)
-        poison = Producer({"bootstrap.servers": self.broker.bootstrap_servers, "acks": "all"})
+        poison = Producer({"bootstrap.servers": self.broker.bootstrap_servers} | quiet)
 
         async def poster(client: httpx.AsyncClient) -> None:
             while event := next(pending, None):
@@ -339,6 +344,9 @@ class ChaosRun:
             "load_seconds": round(load_seconds, 1),
             "acknowledged_per_second": round(len(self.load.acknowledged) / load_seconds),
             "catch_up_seconds_after_last_fault": round(caught_up_at - last_fault_over, 1),
+            "backlog_cleared_seconds_after_last_fault": backlog_cleared_after(
+                self.samples, self.faults[-1]
+            ),
             "catch_up_seconds_after_load": round(caught_up_at - load_started - load_seconds, 1),
             "faults": [asdict(f) for f in self.faults],
             "sink_processes": len(self.sinks),
@@ -347,7 +355,22 @@ class ChaosRun:
         }
 
 
-def read_topic(bootstrap_servers: str, topic: str) -> list[dict[str, bytes]]:
+def backlog_cleared_after(samples: list[Sample], fault: Fault) -> float | None:
+    """Seconds from the end of ``fault`` until the lag is back to its level when it began.
+
+    While the load still runs, full catch-up (lag 0) waits for the load to end; this tells how
+    long the backlog the fault built up took to clear.
+    """
+    before = [s.lag for s in samples if s.seconds <= fault.started and s.lag is not None]
+    baseline = max(before[-3:], default=0)  # the last few samples: lag jitters by a batch
+    assert fault.ended is not None
+    for sample in samples:
+        if sample.seconds >= fault.ended and sample.lag is not None and sample.lag <= baseline:
+            return round(sample.seconds - fault.ended, 1)
+    return None
+
+
+def read_topic(bootstrap_servers: str, topic: str) -> list[dict[str, Any]]:
     """The headers of every record of ``topic``, read from the start to its current end."""
     remaining = sum(end_offsets(bootstrap_servers, topic).values())
     consumer = Consumer(
@@ -359,7 +382,7 @@ def read_topic(bootstrap_servers: str, topic: str) -> list[dict[str, bytes]]:
         }
     )
     consumer.subscribe([topic])
-    headers: list[dict[str, bytes]] = []
+    headers: list[dict[str, Any]] = []
     deadline = time.monotonic() + 60
     try:
         while len(headers) < remaining and time.monotonic() < deadline:
@@ -438,6 +461,7 @@ HEADLINES = (
     "wrong_latest_positions",
     "dlq_count",
     "catch_up_seconds_after_last_fault",
+    "backlog_cleared_seconds_after_last_fault",
 )
 
 
@@ -459,6 +483,7 @@ def main() -> int:
     )
     # The ingest function logs each 503; the run counts them instead.
     logging.getLogger("functions").setLevel(logging.ERROR)
+    logging.getLogger("chaos.librdkafka").setLevel(logging.CRITICAL)
     results = RESULTS / f"chaos-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     summary = run_chaos(config, results)
     width = max(len(name) for name in HEADLINES)
