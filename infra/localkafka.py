@@ -22,7 +22,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 INFRA = Path(__file__).resolve().parent
@@ -107,6 +107,33 @@ def group_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
     ends = end_offsets(bootstrap_servers, topic)
     committed = committed_offsets(bootstrap_servers, group_id, topic)
     return sum(end - committed.get(p, 0) for p, end in ends.items())
+
+
+def read_records(
+    bootstrap_servers: str, topic: str, count: int | None = None, timeout: float = 20.0
+) -> list[Message]:
+    """Up to ``count`` records of ``topic`` from its start (default: all it holds now)."""
+    if count is None:
+        count = sum(end_offsets(bootstrap_servers, topic).values())
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                messages.append(message)
+    finally:
+        consumer.close()
+    return messages
 
 
 class LocalKafka:

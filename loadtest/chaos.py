@@ -36,8 +36,8 @@ from typing import Any
 import httpx
 import jwt
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer
-from localkafka import LocalKafka, end_offsets, free_port, group_lag
+from confluent_kafka import KafkaException, Producer
+from localkafka import LocalKafka, free_port, group_lag, read_records
 from localsink import SinkProcess, environment, migrate, query_store
 from reconcile import SentEvent, read_and_reconcile, synthetic_events
 
@@ -320,10 +320,10 @@ class ChaosRun:
             self.load.sent,
             self.load.acknowledged,
         )
-        dead_letters = read_topic(self.broker.bootstrap_servers, self.settings.dlq_topic)
+        dead_letters = read_records(self.broker.bootstrap_servers, self.settings.dlq_topic)
         origins = {
             (headers["dlq.origin.partition"], headers["dlq.origin.offset"])
-            for headers in dead_letters
+            for headers in (dict(m.headers() or []) for m in dead_letters)
         }
         return {
             "config": asdict(config),
@@ -368,30 +368,6 @@ def backlog_cleared_after(samples: list[Sample], fault: Fault) -> float | None:
         if sample.seconds >= fault.ended and sample.lag is not None and sample.lag <= baseline:
             return round(sample.seconds - fault.ended, 1)
     return None
-
-
-def read_topic(bootstrap_servers: str, topic: str) -> list[dict[str, Any]]:
-    """The headers of every record of ``topic``, read from the start to its current end."""
-    remaining = sum(end_offsets(bootstrap_servers, topic).values())
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": f"chaos-reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    headers: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 60
-    try:
-        while len(headers) < remaining and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None and message.error() is None:
-                headers.append(dict(message.headers() or []))
-    finally:
-        consumer.close()
-    return headers
 
 
 def plot(samples: list[Sample], faults: list[Fault], path: Path, title: str) -> None:

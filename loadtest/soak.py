@@ -170,8 +170,9 @@ def run_soak(config: SoakConfig, results: Path) -> dict[str, Any]:
                 )
             )
             producer.start()
-            while (elapsed := time.monotonic() - started) < config.minutes * 60:
+            while time.monotonic() - started < config.minutes * 60:
                 time.sleep(10)
+                elapsed = time.monotonic() - started
                 latest = rss_samples(sink)[-1:] or [RssSample(0, 0)]
                 sys.stdout.write(
                     f"[{elapsed:6.0f}s] records stored {latest[0].records:>10,}"

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import jwt
 import pytest
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Message, Producer
+from localkafka import read_records
 from starlette.testclient import TestClient
 
 from clickhouse.migrate import apply_migrations
@@ -108,24 +109,7 @@ def produce_records(settings: Settings, records: list[ViewRecord], partition: in
 
 def consume_all(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list[Message]:
     """Read ``count`` records of a topic from the start, failing after ``timeout``."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    messages: list[Message] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(messages) < count and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is not None and message.error() is None:
-                messages.append(message)
-    finally:
-        consumer.close()
+    messages = read_records(bootstrap, topic, count, timeout)
     assert len(messages) == count, f"expected {count} records on {topic}, got {len(messages)}"
     return messages
 

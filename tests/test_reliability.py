@@ -429,16 +429,17 @@ def ingest_server(
     """The ingest function served by functions-framework (gunicorn + uvicorn) as deployed."""
     port = free_port()
     env = environment(settings.model_copy(update={"clickhouse_dsn": f"chdb://{tmp_path / 'ch'}"}))
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "functions_framework", "--target", "ingest", "--asgi"),
-            *("--source", str(repo_root() / "functions" / "main.py")),
-            *("--host", "127.0.0.1", "--port", str(port)),
-        ],
-        env=env,
-        stdout=(tmp_path / "ingest.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    with (tmp_path / "ingest.log").open("wb") as log:
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "functions_framework", "--target", "ingest", "--asgi"),
+                *("--source", str(repo_root() / "functions" / "main.py")),
+                *("--host", "127.0.0.1", "--port", str(port)),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base_url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
