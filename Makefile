@@ -10,13 +10,15 @@ DEV_SECRET := .local/jwt-secret
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
 PORT ?= 8080
 
-.PHONY: setup run test lint token schemas clean
+.PHONY: setup run test lint token schemas clean chaos soak
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make run     start Kafka, the ingest API on http://127.0.0.1:$(PORT) and the sink"
 	@echo "make test    the whole test suite (own broker, own data)"
 	@echo "make token SUB=<uuid>   print a dev access token for the local run"
+	@echo "make chaos   100k events through broker, sink and ClickHouse faults; reconciles (CHAOS_ARGS=--help)"
+	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -40,12 +42,19 @@ run: setup
 		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
 
 lint: $(VENV)/.synced
-	$(VENV)/bin/ruff check functions clickhouse infra tests
-	$(VENV)/bin/ruff format --check functions clickhouse infra tests
+	$(VENV)/bin/ruff check functions clickhouse infra loadtest tests
+	$(VENV)/bin/ruff format --check functions clickhouse infra loadtest tests
 	$(VENV)/bin/mypy functions
 
 test: setup lint
 	$(VENV)/bin/pytest
+
+# Own broker on a free port, own embedded ClickHouse: safe beside `make run` and other checkouts.
+chaos: setup
+	PYTHONPATH=infra $(PY) loadtest/chaos.py $(CHAOS_ARGS)
+
+soak: setup
+	PYTHONPATH=infra $(PY) loadtest/soak.py $(SOAK_ARGS)
 
 token: $(VENV)/.synced $(DEV_SECRET)
 	@test -n "$(SUB)" || { echo "usage: make token SUB=<user uuid>" >&2; exit 2; }

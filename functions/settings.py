@@ -20,6 +20,7 @@ from functions.events import MAX_MOVIE_TIME_OFFSET_MS
 __all__ = ["Settings", "get_settings"]
 
 JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
+SinkFaultPoint = Literal["before_insert", "after_insert"]
 
 # Local state (embedded ClickHouse data, broker data, dev key) lives in the git-ignored .local/.
 LOCAL_STATE_DIR = Path(__file__).resolve().parents[1] / ".local"
@@ -175,6 +176,19 @@ class Settings(BaseSettings):
         200, ge=1, description="First back-off after a failed insert; doubles per failure."
     )
     sink_retry_max_ms: int = Field(10_000, ge=1, description="Cap of the insert back-off.")
+
+    # --- Fault injection (tests and `make chaos` only; leave unset in a deployment) -----------
+    sink_fault_point: SinkFaultPoint | None = Field(
+        None,
+        description="Testing only: the consumer-loop sink logs `fault point reached` and freezes "
+        "at this point of its first batch (`before_insert`, or `after_insert` = before the "
+        "commit), so that a test can SIGKILL it there.",
+    )
+    sink_fault_signals: bool = Field(
+        False,
+        description="Testing only: SIGUSR1 makes `python -m functions.sink` detach its `views` "
+        "table before the next insert (the engine then refuses inserts); SIGUSR2 attaches it.",
+    )
 
     # --- HTTP --------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the local host listens on.")

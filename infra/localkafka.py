@@ -22,6 +22,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 INFRA = Path(__file__).resolve().parent
@@ -68,6 +69,71 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _offsets_probe(bootstrap_servers: str, group_id: str) -> Consumer:
+    # Never subscribes, so it reads offsets without joining (or disturbing) the group.
+    return Consumer(
+        {"bootstrap.servers": bootstrap_servers, "group.id": group_id, "enable.auto.commit": False}
+    )
+
+
+def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
+    """The next offset to be written, per partition of ``topic``."""
+    probe = _offsets_probe(bootstrap_servers, "end-offsets-probe")
+    try:
+        partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
+        return {
+            p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+    finally:
+        probe.close()
+
+
+def committed_offsets(bootstrap_servers: str, group_id: str, topic: str) -> dict[int, int]:
+    """The offset ``group_id`` committed per partition of ``topic`` (0 where it committed none)."""
+    probe = _offsets_probe(bootstrap_servers, group_id)
+    try:
+        partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: max(tp.offset, 0) for tp in committed}
+    finally:
+        probe.close()
+
+
+def group_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
+    """Records of ``topic`` that ``group_id`` has not committed yet."""
+    ends = end_offsets(bootstrap_servers, topic)
+    committed = committed_offsets(bootstrap_servers, group_id, topic)
+    return sum(end - committed.get(p, 0) for p, end in ends.items())
+
+
+def read_records(
+    bootstrap_servers: str, topic: str, count: int | None = None, timeout: float = 20.0
+) -> list[Message]:
+    """Up to ``count`` records of ``topic`` from its start (default: all it holds now)."""
+    if count is None:
+        count = sum(end_offsets(bootstrap_servers, topic).values())
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                messages.append(message)
+    finally:
+        consumer.close()
+    return messages
 
 
 class LocalKafka:

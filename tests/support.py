@@ -14,16 +14,18 @@ from typing import Any, TypeVar
 import jwt
 import pytest
 import uvicorn
-from confluent_kafka import Consumer, Message, Producer
-from localkafka import free_port
+from confluent_kafka import Message, Producer
+from localkafka import free_port, read_records
 from starlette.testclient import TestClient
 
+from clickhouse.migrate import apply_migrations
 from functions.auth import DEV_PERMISSIONS
 from functions.events import ViewRecord
 from functions.ingest import IngestApi
 from functions.producer import AsyncProducer
 from functions.settings import Settings
 from functions.sink.consumer import BatchConsumer
+from functions.sink.core import ViewsWriter
 from functions.store import ViewStore
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -103,10 +105,10 @@ def served_ingest(settings: Settings, store: ViewStore) -> Iterator[str]:
 class RunningSink:
     """The consumer-loop trigger on a thread, as ``python -m functions.sink`` runs it."""
 
-    def __init__(self, settings: Settings, store: ViewStore) -> None:
-        self.consumer = BatchConsumer(settings, store)
+    def __init__(self, settings: Settings, writer: ViewsWriter, name: str = "sink") -> None:
+        self.consumer = BatchConsumer(settings, writer)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.consumer.run, args=(self._stop,))
+        self._thread = threading.Thread(target=self.consumer.run, args=(self._stop,), name=name)
 
     def __enter__(self) -> RunningSink:
         self._thread.start()
@@ -146,24 +148,7 @@ def produce_records(settings: Settings, records: list[ViewRecord], partition: in
 
 def consume_all(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list[Message]:
     """Read ``count`` records of a topic from the start, failing after ``timeout``."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    messages: list[Message] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(messages) < count and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is not None and message.error() is None:
-                messages.append(message)
-    finally:
-        consumer.close()
+    messages = read_records(bootstrap, topic, count, timeout)
     assert len(messages) == count, f"expected {count} records on {topic}, got {len(messages)}"
     return messages
 
@@ -187,6 +172,18 @@ def count_final(store: ViewStore, table: str, user_id: uuid.UUID) -> int:
             parameters={"u": user_id},
         ).result_rows[0][0]
     )
+
+
+def fresh_database(store: ViewStore) -> ViewStore:
+    """The session engine with a database of its own, for tests that reconcile all of it."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    apply_migrations(store.client, database)
+    return ViewStore(store.client, database, embedded=True)
+
+
+def store_queries(store: ViewStore) -> Callable[[list[str]], list[list[dict[str, Any]]]]:
+    """Runs queries on the session engine, as ``localsink.query_store`` does in a child."""
+    return lambda queries: [list(store.client.query(sql).named_results()) for sql in queries]
 
 
 def repo_root() -> Path:

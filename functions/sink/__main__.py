@@ -1,7 +1,8 @@
 """The sink as a long-running consumer (the KEDA-scaled deployment): ``python -m functions.sink``.
 
 SIGTERM (Kubernetes stopping the pod, KEDA scaling in) and SIGINT finish the batch in hand,
-commit what was stored and leave the consumer group.
+commit what was stored and leave the consumer group. ``SINK_FAULT_POINT`` and
+``SINK_FAULT_SIGNALS`` wrap the store in ``FaultInjectingWriter`` (tests and ``make chaos``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from functions.logs import configure_logging
 from functions.runtime import get_store
 from functions.settings import get_settings
 from functions.sink.consumer import BatchConsumer
+from functions.sink.core import ViewsWriter
+from functions.sink.faults import FaultInjectingWriter
 
 
 def main() -> None:
@@ -26,7 +29,13 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    BatchConsumer(settings, get_store()).run(stop)
+    writer: ViewsWriter = get_store()
+    if settings.sink_fault_point is not None or settings.sink_fault_signals:
+        faulty = FaultInjectingWriter(get_store(), settings.sink_fault_point)
+        if settings.sink_fault_signals:
+            faulty.install_signal_handlers()
+        writer = faulty
+    BatchConsumer(settings, writer).run(stop)
 
 
 if __name__ == "__main__":

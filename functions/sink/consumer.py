@@ -10,6 +10,7 @@ it keeps polling meanwhile, so it stays in the group and follows rebalances.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,13 +22,23 @@ from functions.errors import StoreUnavailable
 from functions.settings import Settings
 from functions.sink.core import BatchResult, Rejected, SourceRecord, ViewsWriter, store_batch
 
-__all__ = ["BatchConsumer", "DeadLetterPublisher", "consumer_config"]
+__all__ = ["BatchConsumer", "DeadLetterPublisher", "consumer_config", "resident_set_bytes"]
 
 log = logging.getLogger(__name__)
 
 # confluent-kafka's consume() returns after this long without records, so that a stop request
 # or the end of a batch window is noticed promptly.
 _POLL_SLICE_SECONDS = 0.1
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_set_bytes() -> int | None:
+    """This process's current RSS (Linux ``/proc``), for the memory-over-time logs."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_BYTES
+    except OSError:
+        return None
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -110,7 +121,10 @@ class BatchConsumer:
 
     def run(self, stop: threading.Event) -> None:
         self._consumer.subscribe(
-            [self._settings.views_topic], on_revoke=self._drop_revoked, on_lost=self._drop_revoked
+            [self._settings.views_topic],
+            on_assign=_log_assigned,
+            on_revoke=self._drop_revoked,
+            on_lost=self._drop_revoked,
         )
         try:
             while not stop.is_set():
@@ -132,6 +146,7 @@ class BatchConsumer:
         # Records of a partition we no longer own are not ours to commit; its new owner
         # starts from the last commit and redelivers them.
         revoked = {(tp.topic, tp.partition) for tp in partitions}
+        log.info("partitions revoked", extra={"partitions": sorted(p for _t, p in revoked)})
         self._buffer = [r for r in self._buffer if (r.topic, r.partition) not in revoked]
 
     def _collect(self, stop: threading.Event) -> list[SourceRecord]:
@@ -199,14 +214,24 @@ class BatchConsumer:
         self.batches_committed += 1
         self.records_stored += result.stored
         self.records_dead_lettered += len(result.rejected)
+        # The running totals and RSS make memory over processed records visible in the logs.
         log.info(
             "batch committed",
             extra={
                 "records": len(batch),
                 "stored": result.stored,
                 "dead_lettered": len(result.rejected),
+                "batches_committed": self.batches_committed,
+                "records_stored": self.records_stored,
+                "records_dead_lettered": self.records_dead_lettered,
+                "rss_bytes": resident_set_bytes(),
             },
         )
+
+
+def _log_assigned(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    # Cooperative-sticky: only the partitions added by this rebalance are listed.
+    log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in partitions)})
 
 
 def _source_record(message: Message) -> SourceRecord:
