@@ -10,13 +10,14 @@ DEV_SECRET := .local/jwt-secret
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
 PORT ?= 8080
 
-.PHONY: setup run test lint token schemas clean
+.PHONY: setup run test lint token schemas manifests clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make run     start Kafka, the ingest API on http://127.0.0.1:$(PORT) and the sink"
 	@echo "make test    the whole test suite (own broker, own data)"
 	@echo "make token SUB=<uuid>   print a dev access token for the local run"
+	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -40,12 +41,19 @@ run: setup
 		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
 
 lint: $(VENV)/.synced
-	$(VENV)/bin/ruff check functions clickhouse infra tests
-	$(VENV)/bin/ruff format --check functions clickhouse infra tests
+	$(VENV)/bin/ruff check functions clickhouse infra tests tools
+	$(VENV)/bin/ruff format --check functions clickhouse infra tests tools
 	$(VENV)/bin/mypy functions
 
 test: setup lint
 	$(VENV)/bin/pytest
+
+manifests: $(VENV)/.synced
+	@for overlay in k8s/overlays/*/; do \
+		printf '%s: ' "$$overlay"; \
+		$(VENV)/bin/kubectl kustomize "$$overlay" | $(PY) tools/validate_manifests.py - || exit 1; \
+	done
+	@printf 'skaffold.yaml: ' && $(PY) tools/validate_manifests.py skaffold.yaml
 
 token: $(VENV)/.synced $(DEV_SECRET)
 	@test -n "$(SUB)" || { echo "usage: make token SUB=<user uuid>" >&2; exit 2; }
