@@ -7,7 +7,7 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-# The uv the Makefile uses (UV_VERSION there).
+# The uv the Makefile uses (its UV_VERSION; a test keeps the two equal).
 ARG UV_VERSION=0.13.9
 RUN pip install --no-cache-dir uv==${UV_VERSION}
 WORKDIR /app

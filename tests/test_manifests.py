@@ -229,3 +229,11 @@ def test_kind_scripts_parse() -> None:
     for script in KIND_SCRIPTS:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script.name}: {result.stderr}"
+
+
+def test_image_installs_with_the_makefiles_uv() -> None:
+    dockerfile = (repo_root() / "Dockerfile").read_text()
+    makefile = (repo_root() / "Makefile").read_text()
+    (image_uv,) = re.findall(r"^ARG UV_VERSION=(\S+)$", dockerfile, re.MULTILINE)
+    (make_uv,) = re.findall(r"^UV_VERSION := (\S+)$", makefile, re.MULTILINE)
+    assert image_uv == make_uv
