@@ -29,18 +29,18 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import orjson
 from confluent_kafka import KafkaException, Producer
 from localkafka import LocalKafka, free_port, group_lag, read_records
 from localsink import SinkProcess, environment, migrate, query_store
 from reconcile import SentEvent, read_and_reconcile, synthetic_events
 
+from functions.auth import issue_dev_token
 from functions.ingest import IngestApi
 from functions.producer import AsyncProducer, producer_config
 from functions.settings import Settings
@@ -206,9 +206,7 @@ class ChaosRun:
             await asyncio.to_thread(poison.flush, 30)
 
     def _token(self, user_id: uuid.UUID) -> str:
-        now = datetime.now(UTC)
-        claims = {"sub": str(user_id), "iat": now, "exp": now + timedelta(hours=6)}
-        return "Bearer " + jwt.encode(claims, self.settings.jwt_verification_key(), "HS256")
+        return "Bearer " + issue_dev_token(self.settings, user_id, ttl_seconds=6 * 3600)
 
     def _send_poison(self, producer: Producer) -> None:
         # Poison cannot pass the ingest function (it answers 4xx); it reaches Kafka from elsewhere.

@@ -75,7 +75,8 @@ def synthetic_events(
     rng = random.Random(seed)
     user_ids = [UUID(int=rng.getrandbits(128), version=4) for _ in range(users)]
     movie_ids = [UUID(int=rng.getrandbits(128), version=4) for _ in range(movies)]
-    start = datetime(2026, 11, 1, tzinfo=UTC)
+    # Recent enough for the ingest function's event-time age bound, whatever the day of the run.
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     moments = rng.sample(range(count * 10), count)  # distinct, shuffled
     return [
         SentEvent(
