@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline against the stack it replaces: ``python -m loadtest`` (``make bench``)."""
