@@ -10,13 +10,14 @@ DEV_SECRET := .local/jwt-secret
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
 PORT ?= 8080
 
-.PHONY: setup run test lint token schemas clean
+.PHONY: setup run test lint token schemas clean bench bench-short
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make run     start Kafka, the ingest API on http://127.0.0.1:$(PORT) and the sink"
 	@echo "make test    the whole test suite (own broker, own data)"
 	@echo "make token SUB=<uuid>   print a dev access token for the local run"
+	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -40,12 +41,22 @@ run: setup
 		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
 
 lint: $(VENV)/.synced
-	$(VENV)/bin/ruff check functions clickhouse infra tests
-	$(VENV)/bin/ruff format --check functions clickhouse infra tests
+	$(VENV)/bin/ruff check functions clickhouse infra tests loadtest
+	$(VENV)/bin/ruff format --check functions clickhouse infra tests loadtest
 	$(VENV)/bin/mypy functions
 
 test: setup lint
 	$(VENV)/bin/pytest
+
+# wrk comes from Debian; installed here, not in set-up: only the benchmark needs it.
+/usr/bin/wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+bench: setup /usr/bin/wrk
+	PYTHONPATH=infra $(PY) -m loadtest --profile full
+
+bench-short: setup /usr/bin/wrk
+	PYTHONPATH=infra $(PY) -m loadtest --profile short
 
 token: $(VENV)/.synced $(DEV_SECRET)
 	@test -n "$(SUB)" || { echo "usage: make token SUB=<user uuid>" >&2; exit 2; }

@@ -1,1 +1,1 @@
-"""Benchmarks of the pipeline against the stack it replaces: ``python -m loadtest`` (``make bench``)."""
+"""Benchmarks against the seed's stack: ``python -m loadtest`` (``make bench``)."""

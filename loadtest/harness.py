@@ -102,3 +102,23 @@ class Harness:
     def close(self) -> None:
         progress("stopping Kafka")
         self.kafka.stop()
+
+
+def start_local_host(harness: Harness, name: str, clickhouse: Path) -> tuple[Service, str, str]:
+    """``python -m functions.local`` (ingest API + sink in one process, as the embedded engine
+    requires) on a fresh topic; returns the service, its base URL and the topic."""
+    topic = harness.new_topic(f"views-{name}")
+    clickhouse.mkdir(parents=True, exist_ok=True)
+    harness.kafka.create_topics({f"{topic}.dlq": 1})
+    port = free_port()
+    env = harness.function_env(
+        topic,
+        clickhouse,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        SINK_GROUP_ID=f"bench-{name}-{uuid.uuid4().hex[:6]}",
+    )
+    service = harness.service(name, harness.python("-m", "functions.local"), env).start()
+    url = f"http://127.0.0.1:{port}"
+    service.wait_http(f"{url}/healthz")
+    return service, url, topic

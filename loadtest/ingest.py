@@ -13,7 +13,6 @@ import asyncio
 import time
 from contextlib import ExitStack
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from loadtest.harness import Harness, Profile, progress
@@ -30,7 +29,15 @@ def _argv(system: str, port: int) -> list[str]:
     if system == OURS:  # as deployed: functions-framework, gunicorn + uvicorn worker
         return [
             *(str(BIN / "functions-framework"), "--target", "ingest"),
-            *("--source", "functions/main.py", "--asgi", "--host", "127.0.0.1", "--port", str(port)),
+            *(
+                "--source",
+                "functions/main.py",
+                "--asgi",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ),
         ]
     return [
         *(str(BIN / "uvicorn"), "loadtest.baseline.app:app", "--host", "127.0.0.1"),
@@ -83,11 +90,13 @@ def run_ingest(harness: Harness, profile: Profile, free_port: Any) -> list[dict[
             port = free_port()
             topic = harness.new_topic(f"views-{system}")
             env = harness.function_env(topic, harness.scratch / f"unused-{system}", WORKERS="1")
-            service = stack.enter_context(harness.service(f"ingest-{system}", _argv(system, port), env))
+            service = stack.enter_context(
+                harness.service(f"ingest-{system}", _argv(system, port), env)
+            )
             url = f"http://127.0.0.1:{port}"
             service.wait_http(f"{url}/healthz")
             servers[system] = (service, url, topic)
-        for system, (service, url, _topic) in servers.items():
+        for system, (_service, url, _topic) in servers.items():
             progress(f"ingest: warming up {system}")
             _load(harness, profile, url, max(profile.ingest_concurrency), profile.warmup_seconds)
         for concurrency in profile.ingest_concurrency:
@@ -100,11 +109,11 @@ def run_ingest(harness: Harness, profile: Profile, free_port: Any) -> list[dict[
                     run = _measured_run(harness, profile, service, url, topic, concurrency)
                     run.update(system=system, concurrency=concurrency, repeat=repeat)
                     service.check_running()
+                    kafka_check = "all" if run["every_2xx_in_kafka"] else "NOT ALL"
                     progress(
                         f"  {run['rate']:8.0f} req/s  p50 {run['p50_ms']:.1f} ms"
                         f"  p99 {run['p99_ms']:.1f} ms  errors {run['errors']}"
-                        f"  server {run['server_cores']:.2f} cores"
-                        f"  {'all 2xx in Kafka' if run['every_2xx_in_kafka'] else 'MISSING IN KAFKA'}"
+                        f"  server {run['server_cores']:.2f} cores  {kafka_check} 2xx in Kafka"
                     )
                     runs.append(run)
     return runs

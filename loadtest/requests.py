@@ -42,7 +42,9 @@ def sign(user_id: uuid.UUID, secret: str) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def make_pool(secret: str, size: int, viewers: int, movies: int, seed: int = 5) -> list[ViewRequest]:
+def make_pool(
+    secret: str, size: int, viewers: int, movies: int, seed: int = 5
+) -> list[ViewRequest]:
     """``size`` requests from ``viewers`` users about ``movies`` movies."""
     rng = random.Random(seed)
     tokens = [sign(uuid.UUID(int=rng.getrandbits(128), version=4), secret) for _ in range(viewers)]
