@@ -6,6 +6,7 @@ commit what was stored and leave the consumer group.
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from types import FrameType
@@ -14,6 +15,8 @@ from functions.logs import configure_logging
 from functions.runtime import get_store
 from functions.settings import get_settings
 from functions.sink.consumer import BatchConsumer
+
+_GC_THRESHOLD = 200_000
 
 
 def main() -> None:
@@ -26,7 +29,13 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    BatchConsumer(settings, get_store()).run(stop)
+    sink = BatchConsumer(settings, get_store())
+    # A batch is tens of thousands of short-lived, acyclic objects (records, events); at the
+    # default threshold (700 allocations) the cycle collector ran dozens of times per batch and
+    # took ~23 % of the sink's CPU (py-spy). Start-up objects are frozen out of its scans.
+    gc.freeze()
+    gc.set_threshold(_GC_THRESHOLD)
+    sink.run(stop)
 
 
 if __name__ == "__main__":
