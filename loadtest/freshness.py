@@ -4,8 +4,8 @@ The local host (ingest API and sink in one process) takes a paced background loa
 probe every 500 ms posts a position for a fresh (viewer, movie) and, from its 202 on, reads
 ``GET /v1/views/{movie_id}/position`` every 100 ms until that position comes back. (Polling every
 20 ms loaded the one process that ingests, stores and answers enough to double the p99.)
-Freshness is the time from the 202 to that read: the sink's batch window (``SINK_BATCH_MAX_WAIT_MS``,
-500 ms), the insert, the query and up to 100 ms of polling.
+Freshness is the time from the 202 to that read: the sink's batch window
+(``SINK_BATCH_MAX_WAIT_MS``, 500 ms), the insert, the query and up to 100 ms of polling.
 """
 
 from __future__ import annotations
