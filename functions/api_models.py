@@ -77,8 +77,8 @@ class PositionOut(BaseModel):
 
 class MovieViewersOut(BaseModel):
     movie_id: UUID
-    viewers: int = Field(ge=0, description="Distinct viewers (exact when small, ~1 % beyond).")
-    events: int = Field(ge=0, description="Distinct view events (exact when small, ~1 % beyond).")
+    viewers: int = Field(ge=0, description="Distinct viewers.")
+    events: int = Field(ge=0, description="View events, each counted once however often delivered.")
 
 
 class MostWatched(BaseModel):
