@@ -4,7 +4,8 @@
     python -m loadtest.chtool count               # print stored events, viewers and positions
 
 The store comes from the environment (``CLICKHOUSE_DSN``, ``CLICKHOUSE_DATABASE``). As players
-do, events come in sessions: ``SESSION_EVENTS`` heartbeats (10 s of movie apart) of one viewer in one movie.
+do, events come in sessions: ``SESSION_EVENTS`` heartbeats, 10 s of movie apart, of one viewer
+in one movie.
 Synthetic event ``n`` belongs to session ``s = n // SESSION_EVENTS``, viewer ``s % VIEWERS``
 watching movie ``s % MOVIES`` (``synthetic_ids``), so the bench can ask for positions that exist.
 """
