@@ -6,9 +6,10 @@ that request path and gives it the same contract as ours, so that the benchmark 
 stacks and not the amount of work: the same bearer-token verification (``TokenVerifier``) and
 permission check, the same body model (``ViewEventIn`` with the deployment's bounds, strict
 JSON validation in a FastAPI dependency, because FastAPI's own body parameters validate decoded
-objects, where a strict model refuses a UUID string), the same Kafka record (``ViewRecord``, keyed by user), the same broker and the same
-durability (``acks=all``, idempotent producer, ``linger.ms`` from the settings). Errors are
-FastAPI's own, not problem documents: the benchmark sends only valid requests.
+objects, where a strict model refuses a UUID string), the same Kafka record (``ViewRecord``,
+keyed by user), the same broker and the same durability (``acks=all``, idempotent producer,
+``linger.ms`` from the settings). Errors are FastAPI's own, not problem documents: the
+benchmark sends only valid requests.
 
 Run: ``uvicorn loadtest.baseline.app:app`` with the ingest function's environment variables.
 """
