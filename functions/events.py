@@ -221,7 +221,7 @@ class ViewRecord(_Strict):
 
     def to_kafka(self) -> tuple[bytes, bytes]:
         """(key, value) as produced: the user id keys per-viewer ordering."""
-        return str(self.user_id).encode(), orjson.dumps(self.model_dump(mode="json"))
+        return str(self.user_id).encode(), self.__pydantic_serializer__.to_json(self)
 
 
 def record_json_schema() -> dict[str, Any]:
