@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import orjson
 from localkafka import LocalKafka, free_port
 from support import JWT_SECRET, bearer, consume_all, eventually, repo_root, view_record
 
@@ -108,12 +109,16 @@ def test_cloudevent_sink_served_by_the_framework_stores_the_record(
         "ce-key": key.decode(),
         "content-type": "application/json",
     }
-    with serving("sink", env, tmp_path / "sink.log") as base:
+    log = tmp_path / "sink.log"
+    with serving("sink", env, log) as base:
         stored = httpx.post(base, content=value, headers=headers)
         poison = httpx.post(base, content=b"{", headers=headers)
     assert stored.status_code == 200, stored.text
     assert poison.status_code == 422
     assert poison.headers["content-type"] == "application/problem+json"
+    # The worker logs JSON lines, as the rest of the project does (shipped to ELK as they are).
+    logged = [orjson.loads(line) for line in log.read_bytes().splitlines() if line[:1] == b"{"]
+    assert any(entry.get("message") == "poison record rejected" for entry in logged), logged
     # The server has exited and released its data directory: count what it stored.
     count = subprocess.run(
         [

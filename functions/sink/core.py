@@ -8,7 +8,8 @@ committed, deliver the same records again later.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, Protocol
@@ -146,6 +147,7 @@ def store_batch(
 
     Fast path: a partition's values are validated at once and inserted as they are. Only if one
     of them is not valid is each record classified, to set the poison apart with its reason.
+    While one partition is inserted (ClickHouse's work, off the GIL), the next one is validated.
     Raises ``StoreUnavailable`` when an insert fails; partitions inserted before it stay inserted,
     which is harmless because redelivering them is deduplicated.
     """
@@ -154,10 +156,28 @@ def store_batch(
         by_partition.setdefault((record.topic, record.partition), []).append(record)
 
     result = BatchResult()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-insert") as inserter:
+        in_flight: Future[None] | None = None
+        for valid, events, token in _partition_inserts(by_partition, max_record_bytes, result):
+            if in_flight is not None:
+                in_flight.result()  # one insert at a time, in partition order
+            in_flight = inserter.submit(_insert, writer, valid, events, token)
+            result.stored += len(events)  # returned only if every insert succeeds
+        if in_flight is not None:
+            in_flight.result()
+    return result
+
+
+def _partition_inserts(
+    by_partition: dict[tuple[str, int], list[SourceRecord]],
+    max_record_bytes: int,
+    result: BatchResult,
+) -> Iterator[tuple[list[SourceRecord], list[ViewRecord], str]]:
+    """(valid records, their events, dedup token) of each partition that has any; the poison
+    goes to ``result`` as it is found."""
     for (topic, partition), partition_records in by_partition.items():
         first = min(r.offset for r in partition_records)
         last = max(r.offset for r in partition_records)
-        token = dedup_token(topic, partition, first, last)
         try:
             events = _validate_at_once(partition_records, max_record_bytes)
             valid = partition_records
@@ -171,6 +191,4 @@ def store_batch(
                     valid.append(record)
                     events.append(outcome)
         if events:
-            _insert(writer, valid, events, token)
-            result.stored += len(events)
-    return result
+            yield valid, events, dedup_token(topic, partition, first, last)
