@@ -12,6 +12,7 @@ import dataclasses
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if profile.generator == "wrk" and not wrk_available():
         parser.error("wrk is not installed: apt-get install -y wrk (make bench does this)")
 
+    # SIGTERM unwinds like Ctrl-C, so the broker and the measured processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     started_at = datetime.now(UTC)
     results: dict[str, Any] = {
         "started_at": started_at.isoformat(timespec="seconds"),
