@@ -196,6 +196,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of the JSON logs on stdout."
     )
+    log_access: bool = Field(
+        False,
+        description="A JSON line per HTTP request (uvicorn's access log). Off by default: the "
+        "platform's ingress logs requests already, and a line per request is a measurable share "
+        "of the ingest function's CPU (docs/benchmarks.md).",
+    )
 
     @model_validator(mode="after")
     def _key_material_matches_algorithm(self) -> Settings:
