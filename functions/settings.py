@@ -46,10 +46,11 @@ class Settings(BaseSettings):
         "request is answered 503 (librdkafka `delivery.timeout.ms`).",
     )
     kafka_linger_ms: int = Field(
-        5,
+        2,
         ge=0,
-        description="Producer batching window (`linger.ms`): a few ms lets concurrent requests "
-        "share one produce request to the broker.",
+        description="Producer batching window (`linger.ms`): concurrent requests share one "
+        "produce request to the broker. Every 2xx waits for it, so it stays short "
+        "(docs/benchmarks.md compares 1, 2 and 5).",
     )
     kafka_session_timeout_ms: int = Field(
         45_000,
