@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-__all__ = ["plot", "summarise", "table"]
+__all__ = ["describe_queries", "plot", "summarise", "table"]
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -108,13 +108,20 @@ def table(results: dict[str, Any]) -> str:
         )
     if "queries" in results:
         queries = results["queries"]
-        lines.append(
-            f"queries ({queries['events']:,} events) | position lookup p50"
-            f" {queries['lookup_p50_ms']:.1f} ms, p99 {queries['lookup_p99_ms']:.1f} ms;"
-            f" most-watched under ingest: median {queries['aggregate_median_ms']:.0f} ms,"
-            f" max {queries['aggregate_max_ms']:.0f} ms"
-        )
+        lines.append(f"queries ({queries['events']:,} events) | {describe_queries(queries)}")
     return "\n".join(lines)
+
+
+def describe_queries(result: dict[str, Any]) -> str:
+    """One line: lookup latency at each concurrency, then the aggregate under ingest."""
+    lookups = "; ".join(
+        f"{run['concurrency']} at a time p50 {run['p50_ms']:.1f} ms p99 {run['p99_ms']:.1f} ms"
+        for run in result["lookups"]
+    )
+    return (
+        f"position lookup {lookups}; most-watched under ingest:"
+        f" median {result['aggregate_median_ms']:.0f} ms, max {result['aggregate_max_ms']:.0f} ms"
+    )
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
@@ -148,7 +155,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         bars["freshness p50"] = results["freshness"]["p50_ms"]
         bars["freshness p99"] = results["freshness"]["p99_ms"]
     if "queries" in results:
-        bars["lookup p99"] = results["queries"]["lookup_p99_ms"]
+        for run in results["queries"]["lookups"]:
+            bars[f"lookup p99, {run['concurrency']} at a time"] = run["p99_ms"]
         bars["most-watched"] = results["queries"]["aggregate_median_ms"]
     if bars:
         axes[3].bar(list(bars), list(bars.values()))
