@@ -10,7 +10,7 @@ DEV_SECRET := .local/jwt-secret
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
 PORT ?= 8080
 
-.PHONY: setup run test lint token schemas manifests clean chaos soak
+.PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
 .DEFAULT_GOAL := help
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make chaos   100k events through broker, sink and ClickHouse faults; reconciles (CHAOS_ARGS=--help)"
 	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
+	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -63,6 +64,16 @@ manifests: $(VENV)/.synced
 		$(VENV)/bin/kubectl kustomize "$$overlay" | $(PY) tools/validate_manifests.py - || exit 1; \
 	done
 	@printf 'skaffold.yaml: ' && $(PY) tools/validate_manifests.py skaffold.yaml
+
+# wrk comes from Debian; installed here, not in set-up: only the benchmark needs it.
+/usr/bin/wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+bench: setup /usr/bin/wrk
+	PYTHONPATH=infra $(PY) -m loadtest --profile full
+
+bench-short: setup /usr/bin/wrk
+	PYTHONPATH=infra $(PY) -m loadtest --profile short
 
 token: $(VENV)/.synced $(DEV_SECRET)
 	@test -n "$(SUB)" || { echo "usage: make token SUB=<user uuid>" >&2; exit 2; }

@@ -77,8 +77,8 @@ class PositionOut(BaseModel):
 
 class MovieViewersOut(BaseModel):
     movie_id: UUID
-    viewers: int = Field(ge=0)
-    events: int = Field(ge=0)
+    viewers: int = Field(ge=0, description="Distinct viewers.")
+    events: int = Field(ge=0, description="View events, each counted once however often delivered.")
 
 
 class MostWatched(BaseModel):

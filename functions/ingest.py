@@ -179,7 +179,7 @@ class IngestApi:
 
     async def handle(self, request: Request) -> Response:
         """Answer one request; every error is a problem document, never a bare 500."""
-        path = request.url.path.rstrip("/") or "/"
+        path = request.scope["path"].rstrip("/") or "/"  # request.url would build a whole URL
         allowed = []
         for route, pattern in self._dispatch:
             match = pattern.fullmatch(path)

@@ -38,8 +38,12 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(document, default=str).decode()
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Route every logger, uvicorn's included, through one JSON handler on stdout."""
+def configure_logging(level: str = "INFO", access_log: bool = False) -> None:
+    """Route every logger, uvicorn's included, through one JSON handler on stdout.
+
+    Without ``access_log`` uvicorn's access logger is left without any handler, which is what
+    makes uvicorn skip access logging altogether (not just drop the lines).
+    """
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -47,4 +51,4 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+        logging.getLogger(name).propagate = name != "uvicorn.access" or access_log

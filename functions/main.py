@@ -17,19 +17,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from functions.ingest import IngestApi
+from functions.logs import configure_logging
 from functions.runtime import get_producer, get_store
 from functions.settings import get_settings
 from functions.sink.cloudevent import CloudEventSink
 
 
+# Built on the first call in each worker (after gunicorn forked it), which is also when the
+# worker's logging becomes the JSON lines that the rest of the project writes.
 @lru_cache(maxsize=1)
 def _ingest_api() -> IngestApi:
-    return IngestApi(get_settings(), get_producer, get_store)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_access)
+    return IngestApi(settings, get_producer, get_store)
 
 
 @lru_cache(maxsize=1)
 def _cloud_event_sink() -> CloudEventSink:
-    return CloudEventSink(get_settings(), get_store)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_access)
+    return CloudEventSink(settings, get_store)
 
 
 @functions_framework.aio.http

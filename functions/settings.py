@@ -46,10 +46,11 @@ class Settings(BaseSettings):
         "request is answered 503 (librdkafka `delivery.timeout.ms`).",
     )
     kafka_linger_ms: int = Field(
-        5,
+        2,
         ge=0,
-        description="Producer batching window (`linger.ms`): a few ms lets concurrent requests "
-        "share one produce request to the broker.",
+        description="Producer batching window (`linger.ms`): concurrent requests share one "
+        "produce request to the broker. Every 2xx waits for it, so it stays short "
+        "(docs/benchmarks.md compares 1, 2 and 5).",
     )
     kafka_session_timeout_ms: int = Field(
         45_000,
@@ -195,6 +196,12 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535, description="Port the local host listens on.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of the JSON logs on stdout."
+    )
+    log_access: bool = Field(
+        False,
+        description="A JSON line per HTTP request (uvicorn's access log). Off by default: the "
+        "platform's ingress logs requests already, and a line per request is a measurable share "
+        "of the ingest function's CPU (docs/benchmarks.md).",
     )
 
     @model_validator(mode="after")

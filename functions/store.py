@@ -121,6 +121,20 @@ class ViewStore:
                 settings={"insert_deduplication_token": dedup_token},
             )
 
+    def insert_view_documents(self, documents: Sequence[bytes], dedup_token: str) -> None:
+        """Insert validated ``ViewRecord`` JSON values as they are: ClickHouse parses them."""
+        with self._calling("insert into views"):
+            self._client.raw_insert(
+                f"{self._db}.views",
+                insert_block=b"\n".join(documents),
+                fmt="JSONEachRow",
+                settings={
+                    "insert_deduplication_token": dedup_token,
+                    "date_time_input_format": "best_effort",  # RFC 3339 with 'Z' or an offset
+                    "input_format_skip_unknown_fields": 1,  # schema_version has no column
+                },
+            )
+
     def latest_position(self, user_id: UUID, movie_id: UUID) -> Position | None:
         """The viewer's event with the latest ``event_time`` for the movie, if any."""
         with self._calling("position lookup"):
@@ -135,7 +149,8 @@ class ViewStore:
         return Position(movie_id, int(offset), event_time)
 
     def most_watched(self, limit: int) -> list[MovieViewers]:
-        """Movies ranked by distinct viewers over all events."""
+        """Movies ranked by distinct viewers over all events, exact: FINAL collapses redelivered
+        events (on 10M events in sessions of heartbeats, ~0.5 s on the bench machine)."""
         with self._calling("most-watched aggregate"):
             rows = self._client.query(
                 f"SELECT movie_id, uniqExact(user_id) AS viewers, count() AS events"

@@ -438,6 +438,38 @@ def test_unreachable_jwks_is_unavailable_not_unauthorized() -> None:
         _authenticate(verifier, _signed(RSA_KEY, "k1"))
 
 
+def test_a_remembered_token_is_refused_once_expired(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = TokenVerifier.from_settings(_hs256_settings(jwt_leeway_seconds=5))
+    expires_at = int(time.time()) + 60
+    token = jwt.encode(_claims(uuid.uuid4(), exp=expires_at), JWT_SECRET, "HS256")
+    first = _authenticate(verifier, token)
+    assert _authenticate(verifier, token) is first  # remembered, not decoded again
+    monkeypatch.setattr("functions.auth.time.time", lambda: expires_at + 4.0)
+    assert _authenticate(verifier, token) is first  # within the leeway
+    monkeypatch.setattr("functions.auth.time.time", lambda: expires_at + 5.0)
+    _rejects(verifier, token, "expired")
+
+
+def test_a_refused_token_is_checked_again_each_time(hs256: TokenVerifier) -> None:
+    token = jwt.encode(_claims(uuid.uuid4()), "t" * 32, "HS256")
+    for _ in range(2):
+        _rejects(hs256, token, "invalid token")
+
+
+def test_a_remembered_token_stops_passing_when_its_key_leaves_the_jwks(
+    jwks_server: JwksServer,
+) -> None:
+    clock = ManualClock()
+    jwks_server.keys = [jwk(RSA_KEY, "k1")]
+    verifier, keys = _jwks_verifier(jwks_server.url, clock)
+    token = _signed(RSA_KEY, "k1")
+    _authenticate(verifier, token)
+    jwks_server.keys = [jwk(OTHER_RSA_KEY, "k1")]  # same kid, new key: the old one is revoked
+    clock.now += 31
+    keys.refresh()
+    _rejects(verifier, token, "invalid token")
+
+
 def test_make_token_command_issues_a_token_the_api_accepts(hs256: TokenVerifier) -> None:
     # What `make token SUB=...` runs, with the secret given as the Makefile does.
     user = uuid.uuid4()

@@ -88,6 +88,10 @@ def test_batch_is_inserted_per_partition(store: ViewStore) -> None:
             tokens.append(dedup_token)
             store.insert_views(records, dedup_token)  # type: ignore[arg-type]
 
+        def insert_view_documents(self, documents: object, dedup_token: str) -> None:
+            tokens.append(dedup_token)
+            store.insert_view_documents(documents, dedup_token)  # type: ignore[arg-type]
+
     poison = SourceRecord("views", 1, 9, None, b"{")
     result = store_batch([*batch, poison], Recording(), MAX_BYTES)
     assert result.stored == 4 and len(result.rejected) == 1

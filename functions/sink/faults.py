@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from functions.events import ViewRecord
@@ -53,9 +53,15 @@ class FaultInjectingWriter:
         signal.signal(signal.SIGUSR2, accept)
 
     def insert_views(self, records: Sequence[ViewRecord], dedup_token: str) -> None:
+        self._insert(lambda: self._store.insert_views(records, dedup_token), dedup_token)
+
+    def insert_view_documents(self, documents: Sequence[bytes], dedup_token: str) -> None:
+        self._insert(lambda: self._store.insert_view_documents(documents, dedup_token), dedup_token)
+
+    def _insert(self, insert: Callable[[], None], dedup_token: str) -> None:
         self._apply_table_state()
         self._freeze_at("before_insert", dedup_token)
-        self._store.insert_views(records, dedup_token)
+        insert()
         self._freeze_at("after_insert", dedup_token)
 
     def _apply_table_state(self) -> None:

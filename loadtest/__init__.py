@@ -1,0 +1,1 @@
+"""Benchmarks against the seed's stack: ``python -m loadtest`` (``make bench``)."""

@@ -1,0 +1,38 @@
+"""``make bench`` in its smoke profile, end to end, so that it cannot rot.
+
+Figures are not checked (benchmarks are not tests); only that every scenario ran, that the
+delivery checks the bench makes held, and that the JSON, the plot and the table were written.
+The smoke profile uses the asyncio load generator, so this needs no ``wrk``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+from support import repo_root
+
+
+def test_bench_smoke_profile_runs_every_scenario(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "loadtest", "--profile", "smoke", "--out", str(tmp_path)],
+        cwd=repo_root(),
+        env={**os.environ, "PYTHONPATH": str(repo_root() / "infra")},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (result_file,) = tmp_path.glob("*.json")
+    assert result_file.with_suffix(".png").stat().st_size > 0
+    results = orjson.loads(result_file.read_bytes())
+    assert {run["system"] for run in results["ingest"]} == {"ours", "baseline"}
+    assert all(run["every_2xx_in_kafka"] and run["succeeded"] for run in results["ingest"])
+    assert all(run["every_event_accounted_for"] for run in results["sink"])
+    assert results["freshness"]["never_readable"] == 0
+    assert all(run["count"] > 0 for run in results["queries"]["lookups"])
+    assert "ours/baseline" in completed.stdout
+    assert results["machine"]["cores"] and results["versions"]["kafka"]
