@@ -26,7 +26,7 @@ log = logging.getLogger("functions.local")
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_access)
+    configure_logging(settings)
     store = get_store()
     for migration in apply_migrations(store.client, store.database):
         log.info("applied migration %04d_%s", migration.version, migration.name)

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from functions.settings import Settings
+
 __all__ = ["configure_logging"]
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
@@ -38,17 +40,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(document, default=str).decode()
 
 
-def configure_logging(level: str = "INFO", access_log: bool = False) -> None:
+def configure_logging(settings: Settings) -> None:
     """Route every logger, uvicorn's included, through one JSON handler on stdout.
 
-    Without ``access_log`` uvicorn's access logger is left without any handler, which is what
+    Without ``LOG_ACCESS`` uvicorn's access logger is left without any handler, which is what
     makes uvicorn skip access logging altogether (not just drop the lines).
     """
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(settings.log_level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = name != "uvicorn.access" or access_log
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").propagate = settings.log_access

@@ -28,14 +28,14 @@ from functions.sink.cloudevent import CloudEventSink
 @lru_cache(maxsize=1)
 def _ingest_api() -> IngestApi:
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_access)
+    configure_logging(settings)
     return IngestApi(settings, get_producer, get_store)
 
 
 @lru_cache(maxsize=1)
 def _cloud_event_sink() -> CloudEventSink:
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_access)
+    configure_logging(settings)
     return CloudEventSink(settings, get_store)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from loadtest.harness import Harness, Profile, progress, start_local_host
-from loadtest.load import python_load
+from loadtest.load import python_load, quantile
 from loadtest.request_pool import sign
 
 __all__ = ["run_freshness"]
@@ -63,18 +63,12 @@ async def _measure(harness: Harness, profile: Profile, url: str) -> dict[str, An
     return {
         "probes": len(outcomes),
         "never_readable": len(outcomes) - len(seen),
-        "p50_ms": _quantile(seen, 0.50) * 1000,
-        "p99_ms": _quantile(seen, 0.99) * 1000,
+        "p50_ms": quantile(seen, 0.50) * 1000,
+        "p99_ms": quantile(seen, 0.99) * 1000,
         "max_ms": (seen[-1] if seen else 0.0) * 1000,
         "background_rate": load.rate,
         "background_errors": load.errors,
     }
-
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
 def run_freshness(harness: Harness, profile: Profile) -> dict[str, Any]:

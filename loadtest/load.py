@@ -21,7 +21,7 @@ import orjson
 
 from loadtest.request_pool import ViewRequest
 
-__all__ = ["LoadResult", "python_load", "wrk_available", "wrk_load"]
+__all__ = ["LoadResult", "python_load", "quantile", "wrk_available", "wrk_load"]
 
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "views.lua"
 
@@ -151,14 +151,14 @@ async def python_load(
         succeeded=succeeded,
         errors=len(statuses) - succeeded + failures,
         seconds=elapsed,
-        p50_ms=_percentile(latencies, 50) * 1000,
-        p99_ms=_percentile(latencies, 99) * 1000,
+        p50_ms=quantile(latencies, 0.50) * 1000,
+        p99_ms=quantile(latencies, 0.99) * 1000,
         generator_cpu_seconds=time.process_time() - cpu_before,
     )
 
 
-def _percentile(sorted_values: list[float], percent: float) -> float:
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The value at fraction ``q`` (0..1) of sorted values, the nearest rank; 0 if none."""
     if not sorted_values:
         return 0.0
-    index = min(len(sorted_values) - 1, round(percent / 100 * (len(sorted_values) - 1)))
-    return sorted_values[index]
+    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]

@@ -21,7 +21,7 @@ import httpx
 
 from loadtest.chtool import synthetic_ids
 from loadtest.harness import Harness, Profile, progress, start_local_host
-from loadtest.load import python_load
+from loadtest.load import python_load, quantile
 from loadtest.report import describe_queries
 from loadtest.request_pool import sign
 
@@ -72,10 +72,6 @@ async def _aggregates_under_load(
     return durations, profile.freshness_rate
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
-
-
 def run_queries(harness: Harness, profile: Profile) -> dict[str, Any]:
     clickhouse = harness.scratch / "clickhouse-queries"
     clickhouse.mkdir()
@@ -121,13 +117,13 @@ def run_queries(harness: Harness, profile: Profile) -> dict[str, Any]:
             {
                 "concurrency": concurrency,
                 "count": len(latencies),
-                "p50_ms": _quantile(latencies, 0.5) * 1000,
-                "p99_ms": _quantile(latencies, 0.99) * 1000,
+                "p50_ms": quantile(latencies, 0.5) * 1000,
+                "p99_ms": quantile(latencies, 0.99) * 1000,
             }
             for concurrency, latencies in lookups.items()
         ],
         "aggregate_runs_ms": [d * 1000 for d in aggregates],
-        "aggregate_median_ms": _quantile(sorted(aggregates), 0.5) * 1000,
+        "aggregate_median_ms": quantile(sorted(aggregates), 0.5) * 1000,
         "aggregate_max_ms": max(aggregates) * 1000,
         "ingest_during_aggregates_rate": profile.freshness_rate,
     }

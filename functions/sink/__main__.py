@@ -24,7 +24,7 @@ _GC_THRESHOLD = 200_000
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     stop = threading.Event()
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
