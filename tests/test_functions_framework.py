@@ -90,6 +90,26 @@ def test_ingest_under_gunicorn_workers_acknowledges_through_kafka(
     assert b"/v1/views" not in log.read_bytes()
 
 
+def test_log_access_writes_a_json_line_per_request(tmp_path: Path) -> None:
+    env = {
+        "LOG_ACCESS": "true",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # /healthz needs no broker
+        "JWT_SECRET": JWT_SECRET,
+        "CLICKHOUSE_DSN": f"chdb://{tmp_path / 'unused'}",
+    }
+    log = tmp_path / "ingest.log"
+    with serving("ingest", env, log) as base:
+        assert httpx.get(f"{base}/healthz").status_code == 200
+    access = [
+        line
+        for line in map(
+            orjson.loads, (raw for raw in log.read_bytes().splitlines() if raw.startswith(b"{"))
+        )
+        if line.get("log.logger") == "uvicorn.access"
+    ]
+    assert any("GET /healthz" in line["message"] for line in access), log.read_text()
+
+
 def test_cloudevent_sink_served_by_the_framework_stores_the_record(
     kafka: LocalKafka, tmp_path: Path
 ) -> None:
