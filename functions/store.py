@@ -121,17 +121,22 @@ class ViewStore:
                 settings={"insert_deduplication_token": dedup_token},
             )
 
-    def insert_view_documents(self, documents: Sequence[bytes], dedup_token: str) -> None:
-        """Insert validated ``ViewRecord`` JSON values as they are: ClickHouse parses them."""
+    def insert_canonical_lines(self, lines: bytes, dedup_token: str) -> None:
+        """Insert newline-separated view records as the ingest function writes them.
+
+        ClickHouse checks and parses each line (``canonical_view_lines`` in the migrations);
+        any other line fails the insert with ``StoreUnavailable``. Lines of the insert blocks
+        before the failing one (``max_insert_block_size``, ~1M lines) may stay stored.
+        """
         with self._calling("insert into views"):
             self._client.raw_insert(
-                f"{self._db}.views",
-                insert_block=b"\n".join(documents),
-                fmt="JSONEachRow",
+                f"{self._db}.canonical_view_lines",
+                insert_block=lines,
+                fmt="LineAsString",
                 settings={
                     "insert_deduplication_token": dedup_token,
-                    "date_time_input_format": "best_effort",  # RFC 3339 with 'Z' or an offset
-                    "input_format_skip_unknown_fields": 1,  # schema_version has no column
+                    # The token is checked where the rows land: in views, behind the view.
+                    "deduplicate_blocks_in_dependent_materialized_views": 1,
                 },
             )
 

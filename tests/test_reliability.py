@@ -253,6 +253,8 @@ def test_refused_inserts_back_off_to_the_cap_commit_nothing_and_catch_up(
             "clickhouse_database": database.database,
             "sink_retry_initial_ms": 100,
             "sink_retry_max_ms": 400,
+            # Several batches: the one read while a refused one was in flight is rewound too.
+            "sink_batch_max_records": 50,
         }
     )
     events = synthetic_events(300, users=20, movies=5)

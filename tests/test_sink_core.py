@@ -81,19 +81,20 @@ def test_batch_is_inserted_per_partition(store: ViewStore) -> None:
         for i in range(4)
     ]
     batch = [SourceRecord("views", i % 2, i, None, v) for i, v in enumerate(values)]
-    tokens: list[str] = []
+    inserts: list[tuple[str, str]] = []  # (path, token) of each insert that succeeded
 
     class Recording:
         def insert_views(self, records: object, dedup_token: str) -> None:
-            tokens.append(dedup_token)
             store.insert_views(records, dedup_token)  # type: ignore[arg-type]
+            inserts.append(("typed", dedup_token))
 
-        def insert_view_documents(self, documents: object, dedup_token: str) -> None:
-            tokens.append(dedup_token)
-            store.insert_view_documents(documents, dedup_token)  # type: ignore[arg-type]
+        def insert_canonical_lines(self, lines: bytes, dedup_token: str) -> None:
+            store.insert_canonical_lines(lines, dedup_token)
+            inserts.append(("lines", dedup_token))
 
     poison = SourceRecord("views", 1, 9, None, b"{")
     result = store_batch([*batch, poison], Recording(), MAX_BYTES)
     assert result.stored == 4 and len(result.rejected) == 1
-    assert sorted(tokens) == ["views-0-0-2", "views-1-1-9"]
+    # Partition 1 holds the poison: ClickHouse refuses its lines, the sink validates it.
+    assert sorted(inserts) == [("lines", "views-0-0-2"), ("typed", "views-1-1-9-validated")]
     assert count_final(store, "views", user) == 4

@@ -55,8 +55,8 @@ class FaultInjectingWriter:
     def insert_views(self, records: Sequence[ViewRecord], dedup_token: str) -> None:
         self._insert(lambda: self._store.insert_views(records, dedup_token), dedup_token)
 
-    def insert_view_documents(self, documents: Sequence[bytes], dedup_token: str) -> None:
-        self._insert(lambda: self._store.insert_view_documents(documents, dedup_token), dedup_token)
+    def insert_canonical_lines(self, lines: bytes, dedup_token: str) -> None:
+        self._insert(lambda: self._store.insert_canonical_lines(lines, dedup_token), dedup_token)
 
     def _insert(self, insert: Callable[[], None], dedup_token: str) -> None:
         self._apply_table_state()
