@@ -17,15 +17,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import groupby
-from operator import itemgetter
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from functions.errors import StoreUnavailable
 from functions.settings import Settings
-from functions.sink.core import BatchResult, Rejected, SourceRecord, ViewsWriter, store_batch
+from functions.sink.core import (
+    BatchResult,
+    Rejected,
+    SourceRecord,
+    ViewsWriter,
+    by_partition,
+    store_batch,
+)
 
 __all__ = ["BatchConsumer", "DeadLetterPublisher", "consumer_config", "resident_set_bytes"]
 
@@ -277,12 +282,5 @@ def _source_record(message: Message) -> SourceRecord:
 
 
 def _offset_ranges(records: Sequence[SourceRecord]) -> dict[tuple[str, int], tuple[int, int]]:
-    """(first, last) offset of each topic-partition, for records in the order they were read
-    (a partition's records come in offset order, in runs)."""
-    first: dict[tuple[str, int], int] = {}
-    last: dict[tuple[str, int], int] = {}
-    for topic_partition, run in groupby(records, itemgetter(0, 1)):
-        offsets = [record.offset for record in run]
-        first.setdefault(topic_partition, offsets[0])
-        last[topic_partition] = offsets[-1]
-    return {key: (offset, last[key]) for key, offset in first.items()}
+    """(first, last) offset of each topic-partition, for records in the order they were read."""
+    return {key: (run[0].offset, run[-1].offset) for key, run in by_partition(records).items()}

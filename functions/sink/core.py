@@ -26,6 +26,7 @@ __all__ = [
     "Rejected",
     "SourceRecord",
     "ViewsWriter",
+    "by_partition",
     "classify",
     "dedup_token",
     "store_batch",
@@ -141,21 +142,26 @@ def store_batch(
     return result
 
 
-def _partitions(records: Sequence[SourceRecord]) -> list[_Partition]:
-    by_partition: dict[tuple[str, int], list[SourceRecord]] = {}
+def by_partition(records: Sequence[SourceRecord]) -> dict[tuple[str, int], list[SourceRecord]]:
+    """The records of each topic-partition, in the order read (a partition's records come in
+    offset order, so the first and last of a list are its offset range)."""
+    grouped: dict[tuple[str, int], list[SourceRecord]] = {}
     # A consumer hands records out in runs of one partition: grouping whole runs keeps the
     # per-record work in C (per record in Python it was a fifth of the storing thread).
     for topic_partition, run in groupby(records, _TOPIC_PARTITION):
-        by_partition.setdefault(topic_partition, []).extend(run)
+        grouped.setdefault(topic_partition, []).extend(run)
+    return grouped
+
+
+def _partitions(records: Sequence[SourceRecord]) -> list[_Partition]:
     return [
         _Partition(
             partition_records,
-            # Records of a partition come in offset order.
             dedup_token(
                 topic, partition, partition_records[0].offset, partition_records[-1].offset
             ),
         )
-        for (topic, partition), partition_records in by_partition.items()
+        for (topic, partition), partition_records in by_partition(records).items()
     ]
 
 
