@@ -3,9 +3,10 @@
 Per batch: insert (core) -> dead-letter the rejected records and wait for their acks -> commit
 ``last offset + 1`` per partition. Nothing is committed before both writes succeeded, so a crash
 anywhere redelivers, and redelivery is deduplicated in ClickHouse. One batch is stored (on a
-thread of its own) while the next is read; batches are committed in order. When ClickHouse
-fails, the loop seeks back to the batch's first offsets, drops it and whatever was read after
-it, and backs off (capped, doubling); it keeps polling meanwhile, so it stays in the group and
+thread of its own) while the next is read and while the one before is dead-lettered and
+committed; batches are committed in order. When ClickHouse or the dead-letter topic fails, the
+loop seeks back to the failed batch's first offsets, drops it and whatever was read after it,
+and backs off (capped, doubling); it keeps polling meanwhile, so it stays in the group and
 follows rebalances.
 """
 
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -146,9 +147,13 @@ class BatchConsumer:
         try:
             while not stop.is_set():
                 self._collect(stop)  # while the previous batch is being stored
-                self._settle()
+                stored = self._await_in_flight()
                 if self._buffer:
+                    # The next batch is stored while this one is dead-lettered and committed:
+                    # a synchronous commit would otherwise leave the storing thread idle.
                     self._start_storing(stop)
+                if stored is not None:
+                    self._conclude(*stored)
             self._settle()
         finally:
             self._storer.shutdown()
@@ -209,20 +214,48 @@ class BatchConsumer:
     def _settle(self) -> None:
         """Finish the batch being stored: dead-letter its poison and commit it; or, if that
         fails, rewind to it together with every record read since (else those were skipped)."""
+        stored = self._await_in_flight()
+        if stored is not None:
+            self._conclude(*stored)
+
+    def _await_in_flight(self) -> tuple[list[SourceRecord], BatchResult] | None:
+        """The batch being stored and its result, once stored; None if there was none, or if
+        ClickHouse refused it (then it and every record read since are rewound)."""
         if self._in_flight is None:
-            return
+            return None
         batch, storing = self._in_flight
         self._in_flight = None
         try:
             result = storing.result()
-            if result.rejected:
-                self._dead_letters.publish(result.rejected)
-        except (StoreUnavailable, KafkaException) as exc:
+        except StoreUnavailable as exc:
             self._retry_later([*batch, *self._buffer], exc)
             self._buffer = []
-            return
+            return None
         self._backoff_seconds = 0.0
+        return batch, result
+
+    def _conclude(self, batch: list[SourceRecord], result: BatchResult) -> None:
+        """Dead-letter a stored batch's poison, then commit it. If the dead-letter topic fails,
+        rewind to the batch, with the one being stored meanwhile and every record read since."""
+        try:
+            if result.rejected:
+                self._dead_letters.publish(result.rejected)
+        except KafkaException as exc:
+            later = self._abandon_in_flight()
+            self._retry_later([*batch, *later, *self._buffer], exc)
+            self._buffer = []
+            return
         self._commit(batch, result)
+
+    def _abandon_in_flight(self) -> list[SourceRecord]:
+        """Wait for the batch being stored, whatever its outcome, and return its records: it is
+        read again (storing it twice is harmless, the store is idempotent)."""
+        if self._in_flight is None:
+            return []
+        batch, storing = self._in_flight
+        self._in_flight = None
+        wait([storing])
+        return batch
 
     def _retry_later(self, records: list[SourceRecord], exc: Exception) -> None:
         initial = self._settings.sink_retry_initial_ms / 1000
