@@ -16,8 +16,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -191,14 +192,10 @@ class BatchConsumer:
                 timeout = min(timeout, deadline - time.monotonic())
                 if timeout <= 0:
                     break
-            for message in self._consumer.consume(max_records - len(self._buffer), timeout):
-                error = message.error()
-                if error is None:
-                    self._buffer.append(_source_record(message))
-                elif error.fatal():
-                    raise KafkaException(error)
-                else:
-                    log.warning("consumer error: %s", error)
+            messages = self._consumer.consume(max_records - len(self._buffer), timeout)
+            if any(map(Message.error, messages)):  # a KafkaError is true, None false
+                messages = _without_errors(messages)
+            self._buffer.extend(_source_records(messages))
             if deadline is None and self._buffer:
                 deadline = time.monotonic() + window_seconds
 
@@ -275,7 +272,7 @@ class BatchConsumer:
         try:
             next_offsets = [
                 TopicPartition(topic, partition, last + 1)
-                for (topic, partition), (_first, last) in _offset_ranges(batch).items()
+                for (topic, partition), (_first, last) in result.offset_ranges.items()
             ]
             self._consumer.commit(offsets=next_offsets, asynchronous=False)
         except KafkaException as exc:
@@ -305,13 +302,34 @@ def _log_assigned(_consumer: Consumer, partitions: list[TopicPartition]) -> None
     log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in partitions)})
 
 
-def _source_record(message: Message) -> SourceRecord:
-    # tuple.__new__ skips the NamedTuple's __new__, a Python function: that call was a fifth of
-    # the consumer loop. Only records without an error get here, so none of the fields is None.
-    return tuple.__new__(
-        SourceRecord,
-        (message.topic(), message.partition(), message.offset(), message.key(), message.value()),
+def _without_errors(messages: list[Message]) -> list[Message]:
+    kept = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            kept.append(message)
+        elif error.fatal():
+            raise KafkaException(error)
+        else:
+            log.warning("consumer error: %s", error)
+    return kept
+
+
+_new_source_record = partial(tuple.__new__, SourceRecord)
+
+
+def _source_records(messages: list[Message]) -> Iterator[SourceRecord]:
+    # Only C functions run per message (method descriptors, zip, tuple.__new__): a Python
+    # function per message was a fifth of the consumer loop, the thread that reads the batches.
+    fields = zip(
+        map(Message.topic, messages),
+        map(Message.partition, messages),
+        map(Message.offset, messages),
+        map(Message.key, messages),
+        map(Message.value, messages),
+        strict=True,
     )
+    return map(_new_source_record, fields)
 
 
 def _offset_ranges(records: Sequence[SourceRecord]) -> dict[tuple[str, int], tuple[int, int]]:

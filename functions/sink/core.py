@@ -70,6 +70,8 @@ class Rejected:
 class BatchResult:
     stored: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    # (first, last) offset of each topic-partition of the batch: what a consumer commits.
+    offset_ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
 
 
 class ViewsWriter(Protocol):
@@ -133,12 +135,6 @@ CANONICAL_RECORD_PATTERN = (
 _CANONICAL_RECORD = re.compile(CANONICAL_RECORD_PATTERN.encode())
 
 
-@dataclass(frozen=True, slots=True)
-class _Partition:
-    records: list[SourceRecord]
-    dedup_token: str
-
-
 def store_batch(
     records: Sequence[SourceRecord], writer: ViewsWriter, max_record_bytes: int
 ) -> BatchResult:
@@ -154,8 +150,11 @@ def store_batch(
     stay inserted, which is harmless because redelivering them is deduplicated.
     """
     result = BatchResult()
-    for partition in _partitions(records):
-        _store_partition(partition, writer, max_record_bytes, result)
+    for (topic, partition), partition_records in by_partition(records).items():
+        first, last = partition_records[0].offset, partition_records[-1].offset
+        result.offset_ranges[(topic, partition)] = (first, last)
+        token = dedup_token(topic, partition, first, last)
+        _store_partition(partition_records, token, writer, max_record_bytes, result)
     return result
 
 
@@ -170,22 +169,13 @@ def by_partition(records: Sequence[SourceRecord]) -> dict[tuple[str, int], list[
     return grouped
 
 
-def _partitions(records: Sequence[SourceRecord]) -> list[_Partition]:
-    return [
-        _Partition(
-            partition_records,
-            dedup_token(
-                topic, partition, partition_records[0].offset, partition_records[-1].offset
-            ),
-        )
-        for (topic, partition), partition_records in by_partition(records).items()
-    ]
-
-
 def _store_partition(
-    partition: _Partition, writer: ViewsWriter, max_record_bytes: int, result: BatchResult
+    records: list[SourceRecord],
+    token: str,
+    writer: ViewsWriter,
+    max_record_bytes: int,
+    result: BatchResult,
 ) -> None:
-    records, token = partition.records, partition.dedup_token
     if _insert_canonical(writer, records, token, max_record_bytes):
         result.stored += len(records)
         return
