@@ -82,7 +82,7 @@ class MovieViewersOut(BaseModel):
 
 
 class MostWatched(BaseModel):
-    """Movies by number of distinct viewers, most first."""
+    """Movies by number of distinct viewers, most first; ties by events, then by movie id."""
 
     movies: list[MovieViewersOut]
 

@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     # --- Sink --------------------------------------------------------------------------------
     sink_group_id: str = Field("views-sink", description="Consumer group of the sink.")
     sink_batch_max_records: int = Field(
-        10_000, ge=1, description="A sink batch is inserted when it holds this many records..."
+        50_000, ge=1, description="A sink batch is inserted when it holds this many records..."
     )
     sink_batch_max_wait_ms: int = Field(
         500, ge=1, description="...or when this long has passed since its first record."

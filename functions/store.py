@@ -154,13 +154,33 @@ class ViewStore:
         return Position(movie_id, int(offset), event_time)
 
     def most_watched(self, limit: int) -> list[MovieViewers]:
-        """Movies ranked by distinct viewers over all events, exact: FINAL collapses redelivered
-        events (on 10M events in sessions of heartbeats, ~0.5 s on the bench machine)."""
+        """Movies ranked by distinct viewers, then events, then id; exact under redelivery.
+
+        Viewers are counted in ``latest_view`` (one row per viewer and movie: on the bench's
+        10M events, ~60 times fewer rows than ``views``). Events need ``views FINAL``, so they are
+        counted only for the movies that can still make the ranking: those with at least as many
+        viewers as the ``limit``-th (on the bench machine ~0.15 s instead of ~0.5 s for all).
+        """
         with self._calling("most-watched aggregate"):
-            rows = self._client.query(
-                f"SELECT movie_id, uniqExact(user_id) AS viewers, count() AS events"
-                f" FROM {self._db}.views FINAL GROUP BY movie_id"
-                " ORDER BY viewers DESC, events DESC, movie_id LIMIT {limit:UInt32}",
-                parameters={"limit": limit},
-            ).result_rows
-        return [MovieViewers(movie_id, int(v), int(e)) for movie_id, v, e in rows]
+            viewers = self._counts_by_movie(
+                f"SELECT movie_id, count() FROM {self._db}.latest_view FINAL GROUP BY movie_id"
+                " ORDER BY count() DESC LIMIT {limit:UInt32} WITH TIES",
+                {"limit": limit},
+            )
+            # PREWHERE before FINAL is exact here: movie_id is in the sorting key, so every copy
+            # of an event has the same movie_id.
+            events = self._counts_by_movie(
+                f"SELECT movie_id, count() FROM {self._db}.views FINAL"
+                " PREWHERE movie_id IN {movies:Array(UUID)} GROUP BY movie_id",
+                {"movies": list(viewers)},
+            )
+        ranking = [
+            MovieViewers(movie_id, count, events.get(movie_id, 0))
+            for movie_id, count in viewers.items()
+        ]
+        ranking.sort(key=lambda movie: (-movie.viewers, -movie.events, movie.movie_id))
+        return ranking[:limit]
+
+    def _counts_by_movie(self, query: str, parameters: dict[str, Any]) -> dict[UUID, int]:
+        rows = self._client.query(query, parameters=parameters).result_rows
+        return {movie_id: int(count) for movie_id, count in rows}

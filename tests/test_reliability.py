@@ -421,6 +421,56 @@ def test_poison_in_a_load_is_dead_lettered_with_reason_and_origin_and_nothing_st
     _assert_promise_kept(result, len(events) - 1)
 
 
+def test_dead_letter_topic_missing_commits_nothing_past_poison_and_catches_up(
+    settings: Settings, store: ViewStore, kafka: LocalKafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The dead-letter topic does not exist yet (the broker creates no topics): each batch with
+    # poison fails after the delivery timeout, while the next batch is already being stored.
+    database = fresh_database(store)
+    own = settings.model_copy(
+        update={
+            "clickhouse_database": database.database,
+            "dlq_topic": f"{settings.views_topic}.dlq-later",
+            "kafka_delivery_timeout_ms": 500,
+            "sink_retry_initial_ms": 100,
+            "sink_retry_max_ms": 400,
+            "sink_batch_max_records": 50,
+        }
+    )
+    events = synthetic_events(600, users=30, movies=5)
+    items: list[tuple[bytes | None, bytes | None]] = [e.record().to_kafka() for e in events]
+    for n in range(1, 4):
+        items.insert(n * len(items) // 4, (uuid.uuid4().bytes, b"not a view"))
+    positions = _produce(own, items)
+    poison_at = {positions[i] for i, (_key, value) in enumerate(items) if value == b"not a view"}
+
+    def dead_letter_failures() -> int:
+        return sum(
+            1
+            for r in caplog.records
+            if r.getMessage() == "batch not stored, redelivering after back-off"
+            and "dead-letter" in r.error  # type: ignore[attr-defined]
+        )
+
+    with RunningSink(own, database):
+        eventually(lambda: dead_letter_failures() >= 3, what="failed dead-letter writes")
+        committed = _committed(own)
+        for partition, offset in poison_at:
+            assert committed.get(partition, 0) <= offset, "committed past an unwritten poison"
+        kafka.create_topics({own.dlq_topic: 1})
+        eventually(lambda: _caught_up(own), timeout=60, what="the catch-up")
+    dead = consume_all(own.kafka_bootstrap_servers, own.dlq_topic, len(poison_at))
+    origins = {
+        (int(h["dlq.origin.partition"]), int(h["dlq.origin.offset"]))
+        for h in (dict(message.headers() or []) for message in dead)
+    }
+    assert origins == poison_at
+    result = read_and_reconcile(
+        store_queries(database), database.database, _by_id(events), [e.event_id for e in events]
+    )
+    _assert_promise_kept(result, len(events))
+
+
 # --- 6. Graceful shutdown -----------------------------------------------------------------
 
 

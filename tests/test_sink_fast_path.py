@@ -6,6 +6,7 @@ refuse every line the model refuses: the model stays the one definition of a val
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from support import view_record
+from support import repo_root, view_record
 
 from clickhouse.migrate import apply_migrations
 from functions.errors import StoreUnavailable
 from functions.events import MAX_MOVIE_TIME_OFFSET_MS, ViewRecord
-from functions.sink.core import RejectReason, SourceRecord, store_batch
+from functions.sink.core import CANONICAL_RECORD_PATTERN, RejectReason, SourceRecord, store_batch
 from functions.store import ViewStore
 
 MAX_BYTES = 1024
@@ -228,3 +229,11 @@ def test_record_size_limit_holds_on_the_fast_path(store: ViewStore) -> None:
     result = store_batch(_records([value]), store, max_record_bytes=len(value) - 1)
     assert result.stored == 0
     assert [r.reason for r in result.rejected] == [RejectReason.OVERSIZED]
+
+
+def test_the_sinks_canonical_pattern_is_the_one_clickhouse_checks() -> None:
+    # The sink sorts a refused partition's records with its copy of the pattern; a copy that
+    # drifted would only cost speed, but equal is simplest to reason about.
+    migration = (repo_root() / "clickhouse/migrations/0003_canonical_view_lines.sql").read_text()
+    concat = migration[migration.index("match(line, concat(") : migration.index("$'))") + 2]
+    assert "".join(re.findall(r"'([^']*)'", concat)) == CANONICAL_RECORD_PATTERN

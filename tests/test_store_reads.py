@@ -47,6 +47,26 @@ def test_most_watched_ranks_by_distinct_viewers_across_inserts(store: ViewStore)
     assert [r.movie_id for r in reads.most_watched(1)] == [popular]
 
 
+def test_most_watched_breaks_ties_at_the_limit_by_events_then_id(store: ViewStore) -> None:
+    # Viewers come from latest_view and events only for the movies tied at the limit: a movie
+    # with more events but tied on viewers must still win the last place.
+    reads = _fresh_store(store)
+    leader, quiet, busy, other = sorted(uuid.uuid4() for _ in range(4))
+    viewers = [uuid.uuid4() for _ in range(3)]
+    moment = datetime(2026, 11, 1, tzinfo=UTC)
+    records = [view_record(v, leader, 1, moment) for v in viewers]
+    for movie in (quiet, busy, other):
+        records += [view_record(v, movie, 1, moment) for v in viewers[:2]]
+    records += [view_record(viewers[0], busy, 2, moment)]
+    reads.insert_views(records, "t1")
+    assert [(r.movie_id, r.viewers, r.events) for r in reads.most_watched(2)] == [
+        (leader, 3, 3),
+        (busy, 2, 3),
+    ]
+    assert [r.movie_id for r in reads.most_watched(4)] == [leader, busy, quiet, other]
+    assert _fresh_store(store).most_watched(3) == []
+
+
 def test_redelivery_in_other_batches_changes_no_read(store: ViewStore) -> None:
     # A sink that crashed before committing re-reads its records, cut into other batches (other
     # dedup tokens), and some of them again long after: no read may change.

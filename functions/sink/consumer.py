@@ -3,9 +3,10 @@
 Per batch: insert (core) -> dead-letter the rejected records and wait for their acks -> commit
 ``last offset + 1`` per partition. Nothing is committed before both writes succeeded, so a crash
 anywhere redelivers, and redelivery is deduplicated in ClickHouse. One batch is stored (on a
-thread of its own) while the next is read; batches are committed in order. When ClickHouse
-fails, the loop seeks back to the batch's first offsets, drops it and whatever was read after
-it, and backs off (capped, doubling); it keeps polling meanwhile, so it stays in the group and
+thread of its own) while the next is read and while the one before is dead-lettered and
+committed; batches are committed in order. When ClickHouse or the dead-letter topic fails, the
+loop seeks back to the failed batch's first offsets, drops it and whatever was read after it,
+and backs off (capped, doubling); it keeps polling meanwhile, so it stays in the group and
 follows rebalances.
 """
 
@@ -15,8 +16,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -146,9 +148,13 @@ class BatchConsumer:
         try:
             while not stop.is_set():
                 self._collect(stop)  # while the previous batch is being stored
-                self._settle()
+                stored = self._await_in_flight()
                 if self._buffer:
+                    # The next batch is stored while this one is dead-lettered and committed:
+                    # a synchronous commit would otherwise leave the storing thread idle.
                     self._start_storing(stop)
+                if stored is not None:
+                    self._conclude(*stored)
             self._settle()
         finally:
             self._storer.shutdown()
@@ -186,14 +192,10 @@ class BatchConsumer:
                 timeout = min(timeout, deadline - time.monotonic())
                 if timeout <= 0:
                     break
-            for message in self._consumer.consume(max_records - len(self._buffer), timeout):
-                error = message.error()
-                if error is None:
-                    self._buffer.append(_source_record(message))
-                elif error.fatal():
-                    raise KafkaException(error)
-                else:
-                    log.warning("consumer error: %s", error)
+            messages = self._consumer.consume(max_records - len(self._buffer), timeout)
+            if any(map(Message.error, messages)):  # a KafkaError is true, None false
+                messages = _without_errors(messages)
+            self._buffer.extend(_source_records(messages))
             if deadline is None and self._buffer:
                 deadline = time.monotonic() + window_seconds
 
@@ -209,20 +211,48 @@ class BatchConsumer:
     def _settle(self) -> None:
         """Finish the batch being stored: dead-letter its poison and commit it; or, if that
         fails, rewind to it together with every record read since (else those were skipped)."""
+        stored = self._await_in_flight()
+        if stored is not None:
+            self._conclude(*stored)
+
+    def _await_in_flight(self) -> tuple[list[SourceRecord], BatchResult] | None:
+        """The batch being stored and its result, once stored; None if there was none, or if
+        ClickHouse refused it (then it and every record read since are rewound)."""
         if self._in_flight is None:
-            return
+            return None
         batch, storing = self._in_flight
         self._in_flight = None
         try:
             result = storing.result()
-            if result.rejected:
-                self._dead_letters.publish(result.rejected)
-        except (StoreUnavailable, KafkaException) as exc:
+        except StoreUnavailable as exc:
             self._retry_later([*batch, *self._buffer], exc)
             self._buffer = []
-            return
+            return None
         self._backoff_seconds = 0.0
+        return batch, result
+
+    def _conclude(self, batch: list[SourceRecord], result: BatchResult) -> None:
+        """Dead-letter a stored batch's poison, then commit it. If the dead-letter topic fails,
+        rewind to the batch, with the one being stored meanwhile and every record read since."""
+        try:
+            if result.rejected:
+                self._dead_letters.publish(result.rejected)
+        except KafkaException as exc:
+            later = self._abandon_in_flight()
+            self._retry_later([*batch, *later, *self._buffer], exc)
+            self._buffer = []
+            return
         self._commit(batch, result)
+
+    def _abandon_in_flight(self) -> list[SourceRecord]:
+        """Wait for the batch being stored, whatever its outcome, and return its records: it is
+        read again (storing it twice is harmless, the store is idempotent)."""
+        if self._in_flight is None:
+            return []
+        batch, storing = self._in_flight
+        self._in_flight = None
+        wait([storing])
+        return batch
 
     def _retry_later(self, records: list[SourceRecord], exc: Exception) -> None:
         initial = self._settings.sink_retry_initial_ms / 1000
@@ -242,7 +272,7 @@ class BatchConsumer:
         try:
             next_offsets = [
                 TopicPartition(topic, partition, last + 1)
-                for (topic, partition), (_first, last) in _offset_ranges(batch).items()
+                for (topic, partition), (_first, last) in result.offset_ranges.items()
             ]
             self._consumer.commit(offsets=next_offsets, asynchronous=False)
         except KafkaException as exc:
@@ -272,13 +302,34 @@ def _log_assigned(_consumer: Consumer, partitions: list[TopicPartition]) -> None
     log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in partitions)})
 
 
-def _source_record(message: Message) -> SourceRecord:
-    # tuple.__new__ skips the NamedTuple's __new__, a Python function: that call was a fifth of
-    # the consumer loop. Only records without an error get here, so none of the fields is None.
-    return tuple.__new__(
-        SourceRecord,
-        (message.topic(), message.partition(), message.offset(), message.key(), message.value()),
+def _without_errors(messages: list[Message]) -> list[Message]:
+    kept = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            kept.append(message)
+        elif error.fatal():
+            raise KafkaException(error)
+        else:
+            log.warning("consumer error: %s", error)
+    return kept
+
+
+_new_source_record = partial(tuple.__new__, SourceRecord)
+
+
+def _source_records(messages: list[Message]) -> Iterator[SourceRecord]:
+    # Only C functions run per message (method descriptors, zip, tuple.__new__): a Python
+    # function per message was a fifth of the consumer loop, the thread that reads the batches.
+    fields = zip(
+        map(Message.topic, messages),
+        map(Message.partition, messages),
+        map(Message.offset, messages),
+        map(Message.key, messages),
+        map(Message.value, messages),
+        strict=True,
     )
+    return map(_new_source_record, fields)
 
 
 def _offset_ranges(records: Sequence[SourceRecord]) -> dict[tuple[str, int], tuple[int, int]]:
