@@ -18,9 +18,13 @@ from starlette.responses import Response
 
 from functions.ingest import IngestApi
 from functions.logs import configure_logging
-from functions.runtime import get_producer, get_store
+from functions.runtime import collect_cycles_rarely, get_producer, get_store
 from functions.settings import get_settings
 from functions.sink.cloudevent import CloudEventSink
+
+# A request frees what it allocates, so 50,000 live new containers are seldom reached; at the
+# default (700) one request's transient objects set the collector off (collect_cycles_rarely).
+_GC_THRESHOLD = 50_000
 
 
 # Built on the first call in each worker (after gunicorn forked it), which is also when the
@@ -29,14 +33,18 @@ from functions.sink.cloudevent import CloudEventSink
 def _ingest_api() -> IngestApi:
     settings = get_settings()
     configure_logging(settings)
-    return IngestApi(settings, get_producer, get_store)
+    api = IngestApi(settings, get_producer, get_store)
+    collect_cycles_rarely(_GC_THRESHOLD)
+    return api
 
 
 @lru_cache(maxsize=1)
 def _cloud_event_sink() -> CloudEventSink:
     settings = get_settings()
     configure_logging(settings)
-    return CloudEventSink(settings, get_store)
+    sink = CloudEventSink(settings, get_store)
+    collect_cycles_rarely(_GC_THRESHOLD)
+    return sink
 
 
 @functions_framework.aio.http

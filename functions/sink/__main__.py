@@ -7,13 +7,12 @@ commit what was stored and leave the consumer group. ``SINK_FAULT_POINT`` and
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 from types import FrameType
 
 from functions.logs import configure_logging
-from functions.runtime import get_store
+from functions.runtime import collect_cycles_rarely, get_store
 from functions.settings import get_settings
 from functions.sink.consumer import BatchConsumer
 from functions.sink.core import ViewsWriter
@@ -39,11 +38,9 @@ def main() -> None:
             faulty.install_signal_handlers()
         writer = faulty
     sink = BatchConsumer(settings, writer)
-    # A batch is tens of thousands of short-lived, acyclic objects (records, events); at the
-    # default threshold (700 allocations) the cycle collector ran dozens of times per batch and
-    # took ~23 % of the sink's CPU (py-spy). Start-up objects are frozen out of its scans.
-    gc.freeze()
-    gc.set_threshold(_GC_THRESHOLD)
+    # A batch is tens of thousands of short-lived, acyclic objects (records, events): the
+    # collector runs a few times a batch rather than dozens.
+    collect_cycles_rarely(_GC_THRESHOLD)
     sink.run(stop)
 
 
