@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     harness = Harness(scratch)
     try:
         if "ingest" in args.only:
-            results["ingest"] = run_ingest(harness, profile, free_port)
+            results["ingest"], results["ingest_warm_up_broker_us"] = run_ingest(
+                harness, profile, free_port
+            )
         if "sink" in args.only:
             batches = SINK_BATCHES if profile.name != "smoke" else SINK_BATCHES[:1]
             results["sink"] = run_sink(harness, profile, batches)
