@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from localkafka import LocalKafka, free_port
 from support import JWT_SECRET, bearer, consume_all, eventually, repo_root, view_record
 
+from functions import main
+from functions.runtime import collect_cycles_rarely
 from functions.settings import Settings
 
 FRAMEWORK = str(Path(sys.executable).parent / "functions-framework")
@@ -157,3 +161,29 @@ def test_cloudevent_sink_served_by_the_framework_stores_the_record(
         text=True,
     ).stdout.split()[-1]
     assert count == "1"
+
+
+def test_each_function_worker_collects_cycles_rarely(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Built on a worker's first request; the collector is tuned there, after the fork.
+    thresholds: list[int] = []
+    monkeypatch.setattr(main, "get_settings", lambda: settings)
+    monkeypatch.setattr(main, "configure_logging", lambda _settings: None)
+    monkeypatch.setattr(main, "collect_cycles_rarely", thresholds.append)
+    for build in (main._ingest_api, main._cloud_event_sink):
+        build.cache_clear()
+        build()
+        build.cache_clear()
+    assert thresholds == [50_000, 50_000]
+
+
+def test_collect_cycles_rarely_freezes_start_up_objects_and_raises_the_threshold() -> None:
+    before = gc.get_threshold()
+    try:
+        collect_cycles_rarely(50_000)
+        assert gc.get_threshold()[0] == 50_000
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
