@@ -88,15 +88,15 @@ _WARMUP_ROUNDS = (2, 8)  # at least, at most
 _WARMUP_SETTLED = 0.9  # a round's cost per request at least this fraction of the one before
 
 
-def _warm_up(harness: Harness, profile: Profile, urls: dict[str, str]) -> list[float]:
+def _warm_up(harness: Harness, profile: Profile, urls: list[str]) -> list[float]:
     """Rounds of load on every server in turn until the broker is warm; returns the broker's
     CPU per request (µs) of each round, also shown as progress."""
     fewest, most = _WARMUP_ROUNDS
+    concurrency = max(profile.ingest_concurrency)
     costs: list[float] = []
     while len(costs) < most:
         broker_before, requests = harness.broker_cpu_seconds(), 0
-        for url in urls.values():
-            concurrency = max(profile.ingest_concurrency)
+        for url in urls:
             requests += _load(harness, profile, url, concurrency, profile.warmup_seconds).requests
         costs.append((harness.broker_cpu_seconds() - broker_before) / max(1, requests) * 1e6)
         progress(f"ingest: warm-up round {len(costs)}, broker {costs[-1]:.0f} µs CPU a request")
@@ -123,9 +123,7 @@ def run_ingest(
             url = f"http://127.0.0.1:{port}"
             service.wait_http(f"{url}/healthz")
             servers[system] = (service, url, topic)
-        warm_up = _warm_up(
-            harness, profile, {system: url for system, (_s, url, _t) in servers.items()}
-        )
+        warm_up = _warm_up(harness, profile, [url for _service, url, _topic in servers.values()])
         for concurrency in profile.ingest_concurrency:
             for repeat in range(1, profile.repeats + 1):
                 for system, (service, url, topic) in servers.items():

@@ -31,6 +31,7 @@ from functions.sink.core import (
     SourceRecord,
     ViewsWriter,
     by_partition,
+    offset_ranges,
     store_batch,
 )
 
@@ -262,7 +263,7 @@ class BatchConsumer:
             "batch not stored, redelivering after back-off",
             extra={"error": str(exc), "backoff_seconds": self._backoff_seconds},
         )
-        for (topic, partition), (first, _last) in _offset_ranges(records).items():
+        for (topic, partition), (first, _last) in offset_ranges(by_partition(records)).items():
             try:
                 self._consumer.seek(TopicPartition(topic, partition, first))
             except KafkaException as seek_error:  # revoked meanwhile: its new owner redelivers
@@ -330,8 +331,3 @@ def _source_records(messages: list[Message]) -> Iterator[SourceRecord]:
         strict=True,
     )
     return map(_new_source_record, fields)
-
-
-def _offset_ranges(records: Sequence[SourceRecord]) -> dict[tuple[str, int], tuple[int, int]]:
-    """(first, last) offset of each topic-partition, for records in the order they were read."""
-    return {key: (run[0].offset, run[-1].offset) for key, run in by_partition(records).items()}

@@ -31,6 +31,7 @@ __all__ = [
     "by_partition",
     "classify",
     "dedup_token",
+    "offset_ranges",
     "store_batch",
 ]
 
@@ -149,11 +150,10 @@ def store_batch(
     Raises ``StoreUnavailable`` when the validated insert fails too; partitions inserted before
     stay inserted, which is harmless because redelivering them is deduplicated.
     """
-    result = BatchResult()
-    for (topic, partition), partition_records in by_partition(records).items():
-        first, last = partition_records[0].offset, partition_records[-1].offset
-        result.offset_ranges[(topic, partition)] = (first, last)
-        token = dedup_token(topic, partition, first, last)
+    grouped = by_partition(records)
+    result = BatchResult(offset_ranges=offset_ranges(grouped))
+    for (topic, partition), partition_records in grouped.items():
+        token = dedup_token(topic, partition, *result.offset_ranges[(topic, partition)])
         _store_partition(partition_records, token, writer, max_record_bytes, result)
     return result
 
@@ -167,6 +167,13 @@ def by_partition(records: Sequence[SourceRecord]) -> dict[tuple[str, int], list[
     for topic_partition, run in groupby(records, _TOPIC_PARTITION):
         grouped.setdefault(topic_partition, []).extend(run)
     return grouped
+
+
+def offset_ranges(
+    grouped: dict[tuple[str, int], list[SourceRecord]],
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """(first, last) offset of each topic-partition grouped by ``by_partition``."""
+    return {key: (run[0].offset, run[-1].offset) for key, run in grouped.items()}
 
 
 def _store_partition(
