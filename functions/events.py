@@ -76,12 +76,13 @@ def _canonical_uuid_schema(source: Any, handler: GetCoreSchemaHandler) -> CoreSc
             handler(source),
         ]
     )
+    # No serialization schema of its own: pydantic-core's UUID serializer writes the same
+    # lower-case 8-4-4-4-12 text without calling UUID.__str__ (a third of a record's encoding).
     return core_schema.json_or_python_schema(
         json_schema=canonical_text,
         python_schema=core_schema.union_schema(
             [core_schema.is_instance_schema(UUID), canonical_text]
         ),
-        serialization=core_schema.to_string_ser_schema(),
     )
 
 

@@ -74,6 +74,20 @@ def test_oversized_body_is_413_without_declared_length(api: TestClient, settings
     _problem(response, 413)
 
 
+def test_body_in_several_chunks_is_read_whole(api: TestClient, settings: Settings) -> None:
+    user = uuid.uuid4()
+    view = orjson.dumps(_view(movie_time_offset=4242))
+    response = api.post(
+        "/v1/views",
+        content=iter([view[:7], view[7:30], view[30:]]),
+        headers={**bearer(user), "content-type": "application/json"},
+    )
+    assert response.status_code == 202, response.text
+    [message] = consume_all(settings.kafka_bootstrap_servers, settings.views_topic, 1)
+    record = ViewRecord.model_validate_json(message.value())
+    assert (record.user_id, record.movie_time_offset) == (user, 4242)
+
+
 def test_batch_has_its_own_larger_limit(api: TestClient, settings: Settings) -> None:
     padding = " " * (settings.max_view_body_bytes + 10)
     body = f'{{"events": [{orjson.dumps(_view()).decode()}]{padding}}}'.encode()
