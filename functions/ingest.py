@@ -67,6 +67,7 @@ _MAX_LISTED_ERRORS = 100
 
 
 def _json(content: Any, status: int) -> Response:
+    # orjson writes UUIDs (lower-case 8-4-4-4-12) itself: no UUID.__str__ in Python.
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
@@ -280,7 +281,7 @@ class IngestApi:
             raise _invalid_body(_errors(exc)) from exc
         record = self._record(incoming.principal, event, received_at)
         await self._produce(record)
-        return _json({"event_id": str(record.event_id), "status": "accepted"}, 202)
+        return _json({"event_id": record.event_id, "status": "accepted"}, 202)
 
     def _record(
         self, principal: Principal, event: ViewEventIn, received_at: datetime
@@ -308,7 +309,7 @@ class IngestApi:
                 items.append(_rejected(403, str(exc)))
                 continue
             records.append((len(items), record))
-            items.append({"status": "accepted", "event_id": str(record.event_id)})
+            items.append({"status": "accepted", "event_id": record.event_id})
         outcomes = await asyncio.gather(
             *(self._produce(record) for _, record in records), return_exceptions=True
         )
