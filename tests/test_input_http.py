@@ -161,9 +161,18 @@ def test_huge_and_non_finite_numbers_are_422(api: TestClient, number: bytes) -> 
     assert _pointers(_problem(_post(api, body), 422)) == ["#/movie_time_offset"]
 
 
-def test_uppercase_canonical_uuid_is_accepted(api: TestClient) -> None:
-    movie = uuid.uuid4()
-    assert _post(api, orjson.dumps(_view(movie_id=str(movie).upper()))).status_code == 202
+def test_uppercase_canonical_uuid_is_accepted_and_written_lower_case(
+    api: TestClient, settings: Settings
+) -> None:
+    movie, event_id = uuid.uuid4(), uuid.uuid4()
+    body = _view(movie_id=str(movie).upper(), event_id=str(event_id).upper())
+    response = _post(api, orjson.dumps(body))
+    assert response.status_code == 202
+    assert response.json()["event_id"] == str(event_id)
+    # Lower case is the form the sink's ClickHouse-checked fast path expects.
+    [message] = consume_all(settings.kafka_bootstrap_servers, settings.views_topic, 1)
+    value = orjson.loads(message.value())
+    assert (value["movie_id"], value["event_id"]) == (str(movie), str(event_id))
 
 
 def _iso(moment: datetime) -> str:
