@@ -3,18 +3,26 @@
 Files are named ``NNNN_description.sql`` and applied in version order; each applied version is
 recorded in ``<database>.schema_migrations`` with the file's checksum, and a recorded file whose
 text changed since is an error (write a new migration instead). ``{database}`` in a file is the
-target database. Run: ``python -m clickhouse.migrate`` (settings from the environment).
+target database. Run: ``python -m clickhouse.migrate [--dsn DSN] [--database NAME]``; each
+option falls back to ``CLICKHOUSE_DSN`` / ``CLICKHOUSE_DATABASE`` (the names the functions read),
+then to the local defaults. It reads nothing else, so it needs no other configuration.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
+
+from clickhouse import queries
+from clickhouse.store import DEFAULT_DATABASE, LOCAL_DSN, connect
 
 __all__ = ["MIGRATIONS_DIR", "Migration", "MigrationError", "apply_migrations", "load_migrations"]
 
@@ -61,17 +69,12 @@ def apply_migrations(
 ) -> list[Migration]:
     """Bring ``database`` up to date; returns the migrations applied now."""
     migrations = load_migrations() if migrations is None else migrations
-    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-    client.command(
-        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations"
-        " (version UInt32, name String, checksum String,"
-        "  applied_at DateTime64(3, 'UTC') DEFAULT now64(3))"
-        " ENGINE = MergeTree ORDER BY version"
-    )
+    client.command(queries.CREATE_DATABASE.format(db=database))
+    client.command(queries.CREATE_MIGRATIONS_TABLE.format(db=database))
     recorded = {
         int(version): checksum
         for version, checksum in client.query(
-            f"SELECT version, checksum FROM {database}.schema_migrations"
+            queries.RECORDED_MIGRATIONS.format(db=database)
         ).result_rows
     }
     applied = []
@@ -86,7 +89,7 @@ def apply_migrations(
         for statement in migration.statements(database):
             client.command(statement)
         client.insert(
-            f"{database}.schema_migrations",
+            queries.MIGRATIONS_TABLE.format(db=database),
             [[migration.version, migration.name, migration.checksum]],
             column_names=["version", "name", "checksum"],
         )
@@ -94,15 +97,29 @@ def apply_migrations(
     return applied
 
 
-def main() -> None:
-    from functions.settings import get_settings
-    from functions.store import connect
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m clickhouse.migrate", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("CLICKHOUSE_DSN", LOCAL_DSN),
+        help="chdb:///<dir> or http(s)://user:password@host:port (env CLICKHOUSE_DSN)",
+    )
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("CLICKHOUSE_DATABASE", DEFAULT_DATABASE),
+        help="the database to bring up to date (env CLICKHOUSE_DATABASE)",
+    )
+    return parser.parse_args(argv)
 
-    settings = get_settings()
-    applied = apply_migrations(connect(settings.clickhouse_dsn), settings.clickhouse_database)
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = parse_arguments(argv)
+    applied = apply_migrations(connect(arguments.dsn), arguments.database)
     for migration in applied:
         sys.stdout.write(f"applied {migration.version:04d}_{migration.name}\n")
-    sys.stdout.write(f"{settings.clickhouse_database}: up to date\n")
+    sys.stdout.write(f"{arguments.database}: up to date\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ __all__ = [
     "InvalidRequest",
     "MissingToken",
     "PipelineError",
+    "RecordsRefused",
     "StoreUnavailable",
 ]
 
@@ -59,3 +60,9 @@ class DeliveryFailed(PipelineError):
 
 class StoreUnavailable(PipelineError):
     """ClickHouse refused or failed an operation: retry later, commit nothing (HTTP 503)."""
+
+
+class RecordsRefused(PipelineError):
+    """ClickHouse is up and refused the records themselves (a line that is not a canonical
+    record): sending the same records again fails the same way, so they must be judged one by
+    one instead of retried."""

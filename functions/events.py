@@ -29,7 +29,7 @@ from pydantic import (
     create_model,
     field_validator,
 )
-from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+from pydantic_core import CoreSchema, ErrorDetails, PydanticCustomError, core_schema
 
 __all__ = [
     "CANONICAL_UUID",
@@ -43,6 +43,7 @@ __all__ = [
     "ViewBatchIn",
     "ViewEventIn",
     "ViewRecord",
+    "invalid_json_message",
     "record_json_schema",
     "render_record_schema",
     "request_models",
@@ -240,6 +241,14 @@ class ViewRecord(_Strict):
     def to_kafka(self) -> tuple[bytes, bytes]:
         """(key, value) as produced: the user id keys per-viewer ordering."""
         return str(self.user_id).encode(), self.__pydantic_serializer__.to_json(self)
+
+
+def invalid_json_message(errors: list[ErrorDetails]) -> str | None:
+    """The parser's message when the input was not JSON at all; None when it was JSON that does
+    not match the model (a body or a Kafka value: both sides answer the two differently)."""
+    if any(error["type"] == "json_invalid" for error in errors):
+        return errors[0]["msg"]
+    return None
 
 
 def record_json_schema() -> dict[str, Any]:

@@ -16,23 +16,24 @@ import uvicorn
 
 import functions.main
 from clickhouse.migrate import apply_migrations
-from functions.logs import configure_logging
+from functions.bootstrap import REQUEST_GC_THRESHOLD, start
 from functions.runtime import get_producer, get_store
-from functions.settings import get_settings
-from functions.sink.consumer import BatchConsumer
+from functions.settings import Settings
+from functions.sink.triggers.consumer import BatchConsumer
 
 log = logging.getLogger("functions.local")
 
 
-def main() -> None:
-    settings = get_settings()
-    configure_logging(settings)
+def _migrated_sink(settings: Settings) -> BatchConsumer:
     store = get_store()
     for migration in apply_migrations(store.client, store.database):
         log.info("applied migration %04d_%s", migration.version, migration.name)
+    return BatchConsumer(settings, store)
 
+
+def main() -> None:
+    settings, sink = start(lambda s: (s, _migrated_sink(s)), REQUEST_GC_THRESHOLD)
     stop_sink = threading.Event()
-    sink = BatchConsumer(settings, store)
     sink_thread = threading.Thread(target=sink.run, args=(stop_sink,), name="sink")
     sink_thread.start()
 

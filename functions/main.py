@@ -9,48 +9,31 @@ the ingest function and that loop in one process for local runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
-from typing import TypeVar
 
 import functions_framework.aio
 from cloudevents.http.event import CloudEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from functions.ingest import IngestApi
-from functions.logs import configure_logging
-from functions.runtime import collect_cycles_rarely, get_producer, get_store
-from functions.settings import Settings, get_settings
-from functions.sink.cloudevent import CloudEventSink
-
-# A request frees what it allocates, so 50,000 live new containers are seldom reached; at the
-# default (700) one request's transient objects set the collector off (collect_cycles_rarely).
-_GC_THRESHOLD = 50_000
-
-Built = TypeVar("Built")
-
-
-def _worker_resource(build: Callable[[Settings], Built]) -> Built:
-    """``build(settings)`` once the worker's logging is set up; then the collector is tuned, so
-    that what was built is frozen out of its scans."""
-    settings = get_settings()
-    configure_logging(settings)
-    built = build(settings)
-    collect_cycles_rarely(_GC_THRESHOLD)
-    return built
+from functions.bootstrap import REQUEST_GC_THRESHOLD, start
+from functions.http.app import IngestApi
+from functions.runtime import get_producer, get_store
+from functions.sink.triggers.cloudevent import CloudEventSink
 
 
 # Built on the first call in each worker (after gunicorn forked it), which is also when the
 # worker's logging becomes the JSON lines that the rest of the project writes.
 @lru_cache(maxsize=1)
 def _ingest_api() -> IngestApi:
-    return _worker_resource(lambda settings: IngestApi(settings, get_producer, get_store))
+    return start(
+        lambda settings: IngestApi(settings, get_producer, get_store), REQUEST_GC_THRESHOLD
+    )
 
 
 @lru_cache(maxsize=1)
 def _cloud_event_sink() -> CloudEventSink:
-    return _worker_resource(lambda settings: CloudEventSink(settings, get_store))
+    return start(lambda settings: CloudEventSink(settings, get_store), REQUEST_GC_THRESHOLD)
 
 
 @functions_framework.aio.http

@@ -16,9 +16,10 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from functions.errors import DeliveryFailed
+from functions.kafka_config import producer_config
 from functions.settings import Settings
 
-__all__ = ["AsyncProducer", "producer_config"]
+__all__ = ["AsyncProducer"]
 
 # Slack over delivery.timeout.ms for the event loop's own guard: librdkafka reports the timeout
 # itself, so this only fires if a delivery report were lost.
@@ -26,20 +27,6 @@ _GUARD_SLACK_SECONDS = 1.0
 # How often reports are collected while sends are waiting: acks of a broker on the same host
 # take about a millisecond, so a shorter wait would only spin.
 _POLL_INTERVAL_SECONDS = 0.001
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    """Producer settings of the HTTP contract: nothing is acknowledged that might be lost."""
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "enable.idempotence": True,  # retries inside librdkafka cannot duplicate or reorder
-        "acks": "all",
-        "delivery.timeout.ms": settings.kafka_delivery_timeout_ms,
-        "request.timeout.ms": min(30_000, settings.kafka_delivery_timeout_ms),
-        "linger.ms": settings.kafka_linger_ms,
-        "compression.type": "lz4",
-        "client.id": "watch-progress-ingest",
-    }
 
 
 class AsyncProducer:

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clickhouse.store import DEFAULT_DATABASE, LOCAL_DSN
 from functions.events import MAX_MOVIE_TIME_OFFSET_MS
 
 __all__ = ["Settings", "get_settings"]
@@ -64,14 +65,14 @@ class Settings(BaseSettings):
 
     # --- ClickHouse --------------------------------------------------------------------------
     clickhouse_dsn: str = Field(
-        f"chdb://{LOCAL_STATE_DIR / 'clickhouse'}",
+        LOCAL_DSN,
         pattern=r"^(chdb:///|chdb://memory|https?://)",
         description="`chdb:///<absolute dir>` for the embedded engine (one process per "
         "directory) or `http(s)://user:password@host:port` for a ClickHouse server. "
         "Default: `.local/clickhouse` of the checkout.",
     )
     clickhouse_database: str = Field(
-        "movies", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database of the tables."
+        DEFAULT_DATABASE, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database of the tables."
     )
 
     # --- Authentication ----------------------------------------------------------------------

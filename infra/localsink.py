@@ -149,8 +149,8 @@ class SinkProcess:
 
 
 def _query_main(queries: list[str]) -> None:
+    from clickhouse.store import connect
     from functions.settings import get_settings
-    from functions.store import connect
 
     client = connect(get_settings().clickhouse_dsn)
     results = [list(client.query(sql).named_results()) for sql in queries]

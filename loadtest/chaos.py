@@ -40,11 +40,12 @@ from localkafka import LocalKafka, free_port, group_lag, read_records
 from localsink import SinkProcess, environment, migrate, query_store
 from reconcile import SentEvent, read_and_reconcile, synthetic_events
 
+from clickhouse.store import ViewStore
 from functions.auth import issue_dev_token
-from functions.ingest import IngestApi
-from functions.producer import AsyncProducer, producer_config
+from functions.http.app import IngestApi
+from functions.kafka_config import producer_config
+from functions.producer import AsyncProducer
 from functions.settings import Settings
-from functions.store import ViewStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "loadtest" / "results"

@@ -18,8 +18,8 @@ import time
 import uuid
 
 from clickhouse.migrate import apply_migrations
+from clickhouse.store import ViewStore
 from functions.settings import get_settings
-from functions.store import ViewStore
 
 __all__ = ["MOVIES", "VIEWERS", "synthetic_ids"]
 
@@ -69,7 +69,8 @@ def main() -> None:
     commands.add_parser("generate").add_argument("--rows", type=int, required=True)
     commands.add_parser("count")
     args = parser.parse_args()
-    store = ViewStore.from_settings(get_settings())
+    settings = get_settings()
+    store = ViewStore.open(settings.clickhouse_dsn, settings.clickhouse_database)
     apply_migrations(store.client, store.database)
     if args.command == "generate":
         generate(store, args.rows)

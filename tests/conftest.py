@@ -18,8 +18,8 @@ from starlette.testclient import TestClient
 from support import JWT_SECRET, TEST_DATABASE, RunningSink, ingest_client
 
 from clickhouse.migrate import apply_migrations
+from clickhouse.store import ViewStore, connect
 from functions.settings import Settings
-from functions.store import ViewStore, connect
 
 
 @pytest.fixture(scope="session")

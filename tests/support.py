@@ -19,14 +19,14 @@ from localkafka import free_port, read_records
 from starlette.testclient import TestClient
 
 from clickhouse.migrate import apply_migrations
+from clickhouse.store import ViewStore
 from functions.auth import DEV_PERMISSIONS
 from functions.events import ViewRecord
-from functions.ingest import IngestApi
+from functions.http.app import IngestApi
 from functions.producer import AsyncProducer
 from functions.settings import Settings
-from functions.sink.consumer import BatchConsumer
 from functions.sink.core import ViewsWriter
-from functions.store import ViewStore
+from functions.sink.triggers.consumer import BatchConsumer
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
 TEST_DATABASE = "movies_test"

@@ -11,8 +11,8 @@ from starlette.testclient import TestClient
 from support import bearer, consume_all, ingest_client, make_token
 from test_auth import RSA_KEY, JwksServer, jwk
 
+from clickhouse.store import ViewStore
 from functions.settings import Settings
-from functions.store import ViewStore
 
 PROBLEM = "application/problem+json"
 

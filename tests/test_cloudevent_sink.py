@@ -12,9 +12,9 @@ from starlette.testclient import TestClient
 from support import count_final, view_record
 
 from clickhouse.migrate import apply_migrations
+from clickhouse.store import ViewStore
 from functions.settings import Settings
-from functions.sink.cloudevent import CloudEventSink
-from functions.store import ViewStore
+from functions.sink.triggers.cloudevent import CloudEventSink
 
 
 def _client(settings: Settings, store: ViewStore) -> TestClient:

@@ -18,8 +18,8 @@ import pytest
 from localkafka import LocalKafka, free_port
 from support import JWT_SECRET, bearer, consume_all, eventually, repo_root, view_record
 
-from functions import main
-from functions.runtime import collect_cycles_rarely
+from functions import bootstrap, main
+from functions.bootstrap import collect_cycles_rarely
 from functions.settings import Settings
 
 FRAMEWORK = str(Path(sys.executable).parent / "functions-framework")
@@ -168,9 +168,9 @@ def test_each_function_worker_collects_cycles_rarely(
 ) -> None:
     # Built on a worker's first request; the collector is tuned there, after the fork.
     thresholds: list[int] = []
-    monkeypatch.setattr(main, "get_settings", lambda: settings)
-    monkeypatch.setattr(main, "configure_logging", lambda _settings: None)
-    monkeypatch.setattr(main, "collect_cycles_rarely", thresholds.append)
+    monkeypatch.setattr(bootstrap, "get_settings", lambda: settings)
+    monkeypatch.setattr(bootstrap, "configure_logging", lambda _settings: None)
+    monkeypatch.setattr(bootstrap, "collect_cycles_rarely", thresholds.append)
     for build in (main._ingest_api, main._cloud_event_sink):
         build.cache_clear()
         build()

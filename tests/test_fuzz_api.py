@@ -28,8 +28,8 @@ from schemathesis.checks import (
 )
 from support import JWT_SECRET, TEST_DATABASE, bearer, served_ingest
 
+from clickhouse.store import ViewStore
 from functions.settings import Settings
-from functions.store import ViewStore
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 VIEWER = uuid.uuid4()

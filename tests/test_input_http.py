@@ -11,9 +11,9 @@ import pytest
 from starlette.testclient import TestClient
 from support import bearer, consume_all, ingest_client, seed_body
 
+from clickhouse.store import ViewStore
 from functions.events import ViewRecord
 from functions.settings import Settings
-from functions.store import ViewStore
 
 PROBLEM = "application/problem+json"
 

@@ -10,9 +10,9 @@ import pytest
 from localkafka import free_port
 from support import ingest_client, make_token
 
+from clickhouse.store import ViewStore
 from functions.logs import JsonFormatter
 from functions.settings import Settings
-from functions.store import ViewStore
 
 SECRET_MARKER = "body-secret-7d1c"
 

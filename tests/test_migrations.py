@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from clickhouse.migrate import Migration, MigrationError, apply_migrations, load_migrations
-from functions.store import ViewStore
+from clickhouse.store import ViewStore
 
 
 def test_applies_each_migration_once(store: ViewStore) -> None:

@@ -19,8 +19,8 @@ from support import (
     view_record,
 )
 
+from clickhouse.store import ViewStore
 from functions.settings import Settings
-from functions.store import ViewStore
 
 
 def test_posted_view_is_readable_within_seconds(

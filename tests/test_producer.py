@@ -10,7 +10,8 @@ import pytest
 from localkafka import LocalKafka
 
 from functions.errors import DeliveryFailed
-from functions.producer import AsyncProducer, producer_config
+from functions.kafka_config import producer_config
+from functions.producer import AsyncProducer
 from functions.settings import Settings
 
 

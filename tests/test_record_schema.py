@@ -10,7 +10,8 @@ import orjson
 import pytest
 from support import view_record
 
-from functions.sink.core import Rejected, RejectReason, SourceRecord, classify
+from functions.sink.batch import SourceRecord
+from functions.sink.core import Rejected, RejectReason, classify
 
 
 def _value(**changes: Any) -> bytes:

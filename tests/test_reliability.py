@@ -38,11 +38,11 @@ from support import (
     store_queries,
 )
 
+from clickhouse.store import ViewStore
+from functions.kafka_config import consumer_config
 from functions.settings import Settings
-from functions.sink.cloudevent import CloudEventSink
-from functions.sink.consumer import consumer_config
 from functions.sink.faults import FAULT_POINT_REACHED, FaultInjectingWriter
-from functions.store import ViewStore
+from functions.sink.triggers.cloudevent import CloudEventSink
 
 Position = tuple[int, int]  # (partition, offset)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from support import view_record
 
 from clickhouse.migrate import apply_migrations
-from functions.store import ViewStore
+from clickhouse.store import ViewStore
 
 
 def _fresh_store(store: ViewStore) -> ViewStore:

@@ -11,19 +11,25 @@ import signal
 import threading
 from types import FrameType
 
-from functions.logs import configure_logging
-from functions.runtime import collect_cycles_rarely, get_store
-from functions.settings import get_settings
-from functions.sink.consumer import BatchConsumer
+from functions.bootstrap import BATCH_GC_THRESHOLD, start
+from functions.runtime import get_store
+from functions.settings import Settings
 from functions.sink.core import ViewsWriter
 from functions.sink.faults import FaultInjectingWriter
+from functions.sink.triggers.consumer import BatchConsumer
 
-_GC_THRESHOLD = 200_000
+
+def _consumer(settings: Settings) -> BatchConsumer:
+    writer: ViewsWriter = get_store()
+    if settings.sink_fault_point is not None or settings.sink_fault_signals:
+        faulty = FaultInjectingWriter(get_store(), settings.sink_fault_point)
+        if settings.sink_fault_signals:
+            faulty.install_signal_handlers()
+        writer = faulty
+    return BatchConsumer(settings, writer)
 
 
 def main() -> None:
-    settings = get_settings()
-    configure_logging(settings)
     stop = threading.Event()
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -31,17 +37,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    writer: ViewsWriter = get_store()
-    if settings.sink_fault_point is not None or settings.sink_fault_signals:
-        faulty = FaultInjectingWriter(get_store(), settings.sink_fault_point)
-        if settings.sink_fault_signals:
-            faulty.install_signal_handlers()
-        writer = faulty
-    sink = BatchConsumer(settings, writer)
-    # A batch is tens of thousands of short-lived, acyclic objects (records, events): the
-    # collector runs a few times a batch rather than dozens.
-    collect_cycles_rarely(_GC_THRESHOLD)
-    sink.run(stop)
+    start(_consumer, BATCH_GC_THRESHOLD).run(stop)
 
 
 if __name__ == "__main__":

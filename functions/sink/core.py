@@ -1,52 +1,36 @@
-"""The sink's core: turn a batch of Kafka records into one ClickHouse insert per partition.
+"""The sink's core: store a ``Batch`` of Kafka records, one ClickHouse insert per partition.
 
-It knows nothing of HTTP, CloudEvents or consumer groups. Triggers hand it ``SourceRecord``s and
+It knows nothing of HTTP, CloudEvents or consumer groups. Triggers hand it a ``Batch`` and
 decide what to do with the result: commit offsets and dead-letter the rejected records (consumer
-loop), or answer 2xx/4xx (CloudEvent). ``StoreUnavailable`` from here means: nothing may be
-committed, deliver the same records again later.
+loop), or answer 2xx/4xx (CloudEvent). Two outcomes are told apart once, by the store:
+``StoreUnavailable`` (ClickHouse cannot take inserts: nothing may be committed, the same records
+are delivered again later; raised at the first failing insert) and ``RecordsRefused`` (ClickHouse
+is up and refused a partition's lines: its records are judged one by one here, the poison set
+apart with its reason).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import groupby
-from operator import itemgetter
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from pydantic import ValidationError
 
-from functions.errors import StoreUnavailable
-from functions.events import ViewRecord
+from clickhouse.canonical import is_canonical
+from functions.errors import RecordsRefused
+from functions.events import ViewRecord, invalid_json_message
+from functions.sink.batch import Batch, SourceRecord
 
 __all__ = [
-    "CANONICAL_RECORD_PATTERN",
     "BatchResult",
     "RejectReason",
     "Rejected",
-    "SourceRecord",
     "ViewsWriter",
-    "by_partition",
     "classify",
-    "dedup_token",
-    "offset_ranges",
     "store_batch",
 ]
-
-
-class SourceRecord(NamedTuple):
-    """A Kafka record as any trigger receives it (a tuple: a sink makes one per record)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-_TOPIC_PARTITION = itemgetter(0, 1)  # of a SourceRecord
 
 
 class RejectReason(StrEnum):
@@ -71,16 +55,17 @@ class Rejected:
 class BatchResult:
     stored: int = 0
     rejected: list[Rejected] = field(default_factory=list)
-    # (first, last) offset of each topic-partition of the batch: what a consumer commits.
-    offset_ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
 
 
 class ViewsWriter(Protocol):
-    def insert_views(self, records: Sequence[ViewRecord], dedup_token: str) -> None: ...
+    def insert_views(self, records: Sequence[ViewRecord], dedup_token: str) -> None:
+        """Insert validated records; ``StoreUnavailable`` if ClickHouse cannot take them."""
+        ...
 
     def insert_canonical_lines(self, lines: bytes, dedup_token: str) -> None:
         """Insert records as the ingest function writes them, one per line, checked and parsed
-        by ClickHouse; ``StoreUnavailable`` if any line is not such a record."""
+        by ClickHouse; ``RecordsRefused`` if any line is not such a record, ``StoreUnavailable``
+        if ClickHouse cannot take inserts."""
         ...
 
 
@@ -99,8 +84,9 @@ def classify(record: SourceRecord, max_record_bytes: int) -> ViewRecord | Reject
         return ViewRecord.model_validate_json(value)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
-        if any(error["type"] == "json_invalid" for error in errors):
-            return Rejected(record, RejectReason.INVALID_JSON, errors[0]["msg"])
+        not_json = invalid_json_message(errors)
+        if not_json is not None:
+            return Rejected(record, RejectReason.INVALID_JSON, not_json)
         detail = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
             for error in errors
@@ -108,72 +94,31 @@ def classify(record: SourceRecord, max_record_bytes: int) -> ViewRecord | Reject
         return Rejected(record, RejectReason.SCHEMA_VIOLATION, detail)
 
 
-def dedup_token(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
-    """Same records, same token: ClickHouse drops a repeated insert of an offset range."""
-    return f"{topic}-{partition}-{first_offset}-{last_offset}"
-
-
-# Tokens of a partition's other inserts, each always with the same records: rows that a failed
+# Tokens of a partition's other inserts, each always with the same records: rows that a refused
 # insert may have left behind can never make ClickHouse drop another insert as a repeat (repeated
 # rows collapse under FINAL; dropped ones would be lost).
 _CANONICAL_PART_SUFFIX = "-canonical"  # the partition's records of the canonical form
 _REST_SUFFIX = "-rest"  # the others, validated here
 _VALIDATED_SUFFIX = "-validated"  # all of them, validated here
 
-_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_TIME = (
-    "(19[7-9][0-9]|2[01][0-9][0-9])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-    "T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]{1,6})?Z"
-)
-# The form ClickHouse accepts on the fast path (clickhouse/migrations/0003; a test keeps the two
-# equal). Here it only sorts the records of a refused partition: those of this form are sent to
-# ClickHouse again, which checks them again, so the model stays the one definition of valid.
-CANONICAL_RECORD_PATTERN = (
-    f'^[{{]"schema_version":1,"event_id":"{_UUID}","user_id":"{_UUID}","movie_id":"{_UUID}"'
-    f',"movie_time_offset":(0|[1-9][0-9]{{0,8}}),"event_time":"{_TIME}","received_at":"{_TIME}'
-    '"[}]$'
-)
-_CANONICAL_RECORD = re.compile(CANONICAL_RECORD_PATTERN.encode())
 
-
-def store_batch(
-    records: Sequence[SourceRecord], writer: ViewsWriter, max_record_bytes: int
-) -> BatchResult:
+def store_batch(batch: Batch, writer: ViewsWriter, max_record_bytes: int) -> BatchResult:
     """Insert the valid records of each partition; return the count stored and the rejected.
 
     Fast path: a partition's values go to ClickHouse as they are, one line each, and ClickHouse
     stores them only if every one is a record exactly as the ingest function writes it. If it
     refuses them (poison, another producer's spelling), the records of that form are sent again
     and only the others are classified here: the poison set apart with its reason, the events
-    inserted as typed columns. If ClickHouse refuses again (or is down), every record of the
-    partition takes that validated path.
-    Raises ``StoreUnavailable`` when the validated insert fails too; partitions inserted before
-    stay inserted, which is harmless because redelivering them is deduplicated.
+    inserted as typed columns. If ClickHouse refuses those again, every record of the partition
+    takes that validated path.
+    Raises ``StoreUnavailable`` at the first insert ClickHouse cannot take; partitions inserted
+    before stay inserted, which is harmless because redelivering them is deduplicated.
     """
-    grouped = by_partition(records)
-    result = BatchResult(offset_ranges=offset_ranges(grouped))
-    for (topic, partition), partition_records in grouped.items():
-        token = dedup_token(topic, partition, *result.offset_ranges[(topic, partition)])
-        _store_partition(partition_records, token, writer, max_record_bytes, result)
+    result = BatchResult()
+    for topic_partition, records in batch.partitions():
+        token = batch.dedup_token(topic_partition)
+        _store_partition(records, token, writer, max_record_bytes, result)
     return result
-
-
-def by_partition(records: Sequence[SourceRecord]) -> dict[tuple[str, int], list[SourceRecord]]:
-    """The records of each topic-partition, in the order read (a partition's records come in
-    offset order, so the first and last of a list are its offset range)."""
-    grouped: dict[tuple[str, int], list[SourceRecord]] = {}
-    # A consumer hands records out in runs of one partition: grouping whole runs keeps the
-    # per-record work in C (per record in Python it was a fifth of the storing thread).
-    for topic_partition, run in groupby(records, _TOPIC_PARTITION):
-        grouped.setdefault(topic_partition, []).extend(run)
-    return grouped
-
-
-def offset_ranges(
-    grouped: dict[tuple[str, int], list[SourceRecord]],
-) -> dict[tuple[str, int], tuple[int, int]]:
-    """(first, last) offset of each topic-partition grouped by ``by_partition``."""
-    return {key: (run[0].offset, run[-1].offset) for key, run in grouped.items()}
 
 
 def _store_partition(
@@ -190,7 +135,7 @@ def _store_partition(
     rest: list[SourceRecord] = []
     for record in records:
         value = record.value
-        if value and len(value) <= max_record_bytes and _CANONICAL_RECORD.fullmatch(value):
+        if value and len(value) <= max_record_bytes and is_canonical(value):
             canonical.append(record)
         else:
             rest.append(record)
@@ -209,7 +154,8 @@ def _store_partition(
 def _insert_canonical(
     writer: ViewsWriter, records: list[SourceRecord], dedup_token: str, max_record_bytes: int
 ) -> bool:
-    """Whether ClickHouse stored every record through the fast path."""
+    """Whether ClickHouse stored every record through the fast path (False: it refused them, or
+    they cannot be sent as lines); ``StoreUnavailable`` passes through."""
     values = [r.value for r in records]
     if not all(values):
         return False  # an empty value would be an empty line, which LineAsString may skip
@@ -220,7 +166,7 @@ def _insert_canonical(
         return False  # a value holding a line break would be read as two records
     try:
         writer.insert_canonical_lines(lines, dedup_token)
-    except StoreUnavailable:
+    except RecordsRefused:
         return False
     return True
 

@@ -16,9 +16,10 @@ import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from clickhouse import queries
+from clickhouse.store import ViewStore
 from functions.events import ViewRecord
 from functions.settings import SinkFaultPoint
-from functions.store import ViewStore
 
 __all__ = ["FAULT_POINT_REACHED", "FaultInjectingWriter"]
 
@@ -68,10 +69,9 @@ class FaultInjectingWriter:
         wanted = self._views_wanted_detached
         if wanted == self._views_detached:
             return
-        verb = "DETACH" if wanted else "ATTACH"
-        self._store.client.command(f"{verb} TABLE {self._store.database}.views")
+        self._store.command(queries.DETACH_VIEWS if wanted else queries.ATTACH_VIEWS)
         self._views_detached = wanted
-        log.warning("fault injected: views table %sed", verb.lower())
+        log.warning("fault injected: views table %s", "detached" if wanted else "attached")
 
     def _freeze_at(self, point: SinkFaultPoint, dedup_token: str) -> None:
         if self._fault_point != point:

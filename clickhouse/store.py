@@ -1,8 +1,10 @@
 """The ClickHouse side: insert view events, read a viewer's position and the most-watched movies.
 
 The same code runs on the embedded engine (``chdb://``) and on a server (``http://``): only the
-DSN differs. Every driver error is re-raised as ``StoreUnavailable`` so callers have one thing to
-retry on.
+DSN differs. Driver errors are re-raised as one of two outcomes, decided here once:
+``StoreUnavailable`` (ClickHouse cannot take anything now: retry later) and, for the fast-path
+insert only, ``RecordsRefused`` (ClickHouse is up and refused the records themselves). The
+statements are in ``clickhouse/queries.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -19,19 +23,47 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from functions.errors import StoreUnavailable
+from clickhouse import queries
+from functions.errors import RecordsRefused, StoreUnavailable
 from functions.events import ViewRecord
-from functions.settings import Settings
 
-__all__ = ["MovieViewers", "Position", "ViewStore", "connect"]
+__all__ = ["DEFAULT_DATABASE", "LOCAL_DSN", "MovieViewers", "Position", "ViewStore", "connect"]
 
-_VIEW_COLUMNS = (
-    ("event_id", "UUID"),
-    ("user_id", "UUID"),
-    ("movie_id", "UUID"),
-    ("movie_time_offset", "UInt64"),
-    ("event_time", "DateTime64(3, 'UTC')"),
-    ("received_at", "DateTime64(3, 'UTC')"),
+# The embedded engine's data directory of a local run, in the checkout's git-ignored .local/.
+LOCAL_DSN = f"chdb://{Path(__file__).resolve().parents[1] / '.local' / 'clickhouse'}"
+DEFAULT_DATABASE = "movies"
+
+_COLUMN_NAMES = [name for name, _ in queries.VIEW_COLUMNS]
+_COLUMN_TYPES = [ch_type for _, ch_type in queries.VIEW_COLUMNS]
+_COLUMN_GETTERS = [attrgetter(name) for name in _COLUMN_NAMES]
+
+# Server error codes that say "not now" rather than "not these records": the table or database is
+# missing (detached, not migrated yet), the server is overloaded, read-only or refusing the user.
+# A driver error without a server code is a transport failure (refused connection, timeout).
+# Any other code on the fast path means ClickHouse judged the lines; refusing them again would
+# stall the partition, so the unknown case is the one that takes the slower, validated path.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        60,  # UNKNOWN_TABLE
+        81,  # UNKNOWN_DATABASE
+        159,  # TIMEOUT_EXCEEDED
+        164,  # READONLY
+        192,  # UNKNOWN_USER
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        218,  # TABLE_IS_DROPPED
+        236,  # ABORTED
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        243,  # NOT_ENOUGH_SPACE
+        252,  # TOO_MANY_PARTS
+        279,  # ALL_CONNECTION_TRIES_FAILED
+        394,  # QUERY_WAS_CANCELLED
+        497,  # ACCESS_DENIED
+        516,  # AUTHENTICATION_FAILED
+        999,  # KEEPER_EXCEPTION
+    }
 )
 
 
@@ -68,6 +100,11 @@ def _redact(dsn: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
+def _refused_records(exc: ClickHouseError) -> bool:
+    code = getattr(exc, "code", None)
+    return code is not None and code not in _UNAVAILABLE_CODES
+
+
 class ViewStore:
     """Tables ``views`` and ``latest_view`` of one database."""
 
@@ -80,10 +117,8 @@ class ViewStore:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ViewStore:
-        client = connect(settings.clickhouse_dsn)
-        embedded = settings.clickhouse_dsn.startswith("chdb://")
-        return cls(client, settings.clickhouse_database, embedded)
+    def open(cls, dsn: str, database: str) -> ViewStore:
+        return cls(connect(dsn), database, embedded=dsn.startswith("chdb://"))
 
     @property
     def client(self) -> Client:
@@ -93,30 +128,30 @@ class ViewStore:
     def database(self) -> str:
         return self._db
 
+    def command(self, statement: str) -> None:
+        """Run one statement of ``clickhouse/queries.py`` on this database."""
+        with self._calling(statement):
+            self._client.command(statement.format(db=self._db))
+
     @contextlib.contextmanager
-    def _calling(self, what: str) -> Iterator[None]:
+    def _calling(self, what: str, refusable: bool = False) -> Iterator[None]:
         with self._exclusive:
             try:
                 yield
             except ClickHouseError as exc:
+                if refusable and _refused_records(exc):
+                    raise RecordsRefused(f"{what} refused: {exc}") from exc
                 raise StoreUnavailable(f"{what} failed: {exc}") from exc
 
     def insert_views(self, records: Sequence[ViewRecord], dedup_token: str) -> None:
         """Insert events column-wise; a retry with the same token is dropped by ClickHouse."""
-        columns: list[list[Any]] = [
-            [r.event_id for r in records],
-            [r.user_id for r in records],
-            [r.movie_id for r in records],
-            [r.movie_time_offset for r in records],
-            [r.event_time for r in records],
-            [r.received_at for r in records],
-        ]
+        columns = [list(map(getter, records)) for getter in _COLUMN_GETTERS]
         with self._calling("insert into views"):
             self._client.insert(
-                f"{self._db}.views",
+                queries.VIEWS_TABLE.format(db=self._db),
                 columns,
-                column_names=[name for name, _ in _VIEW_COLUMNS],
-                column_type_names=[ch_type for _, ch_type in _VIEW_COLUMNS],
+                column_names=_COLUMN_NAMES,
+                column_type_names=_COLUMN_TYPES,
                 column_oriented=True,
                 settings={"insert_deduplication_token": dedup_token},
             )
@@ -125,12 +160,13 @@ class ViewStore:
         """Insert newline-separated view records as the ingest function writes them.
 
         ClickHouse checks and parses each line (``canonical_view_lines`` in the migrations);
-        any other line fails the insert with ``StoreUnavailable``. Lines of the insert blocks
-        before the failing one (``max_insert_block_size``, ~1M lines) may stay stored.
+        any other line fails the insert with ``RecordsRefused``, a ClickHouse that cannot take
+        inserts with ``StoreUnavailable``. Lines of the insert blocks before the failing one
+        (``max_insert_block_size``, ~1M lines) may stay stored.
         """
-        with self._calling("insert into views"):
+        with self._calling("insert into views", refusable=True):
             self._client.raw_insert(
-                f"{self._db}.canonical_view_lines",
+                queries.CANONICAL_LINES_TABLE.format(db=self._db),
                 insert_block=lines,
                 fmt="LineAsString",
                 settings={
@@ -144,8 +180,7 @@ class ViewStore:
         """The viewer's event with the latest ``event_time`` for the movie, if any."""
         with self._calling("position lookup"):
             rows = self._client.query(
-                f"SELECT movie_time_offset, event_time FROM {self._db}.latest_view FINAL"
-                " WHERE user_id = {user_id:UUID} AND movie_id = {movie_id:UUID}",
+                queries.LATEST_POSITION.format(db=self._db),
                 parameters={"user_id": user_id, "movie_id": movie_id},
             ).result_rows
         if not rows:
@@ -162,18 +197,8 @@ class ViewStore:
         viewers as the ``limit``-th (on the bench machine ~0.15 s instead of ~0.5 s for all).
         """
         with self._calling("most-watched aggregate"):
-            viewers = self._counts_by_movie(
-                f"SELECT movie_id, count() FROM {self._db}.latest_view FINAL GROUP BY movie_id"
-                " ORDER BY count() DESC LIMIT {limit:UInt32} WITH TIES",
-                {"limit": limit},
-            )
-            # PREWHERE before FINAL is exact here: movie_id is in the sorting key, so every copy
-            # of an event has the same movie_id.
-            events = self._counts_by_movie(
-                f"SELECT movie_id, count() FROM {self._db}.views FINAL"
-                " PREWHERE movie_id IN {movies:Array(UUID)} GROUP BY movie_id",
-                {"movies": list(viewers)},
-            )
+            viewers = self._counts_by_movie(queries.MOST_WATCHED_VIEWERS, {"limit": limit})
+            events = self._counts_by_movie(queries.MOST_WATCHED_EVENTS, {"movies": list(viewers)})
         ranking = [
             MovieViewers(movie_id, count, events.get(movie_id, 0))
             for movie_id, count in viewers.items()
@@ -182,5 +207,5 @@ class ViewStore:
         return ranking[:limit]
 
     def _counts_by_movie(self, query: str, parameters: dict[str, Any]) -> dict[UUID, int]:
-        rows = self._client.query(query, parameters=parameters).result_rows
+        rows = self._client.query(query.format(db=self._db), parameters=parameters).result_rows
         return {movie_id: int(count) for movie_id, count in rows}

@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException
 from functions.errors import StoreUnavailable
 from functions.problems import PROBLEM_CONTENT_TYPE, problem_body
 from functions.settings import Settings
-from functions.sink.core import SourceRecord, ViewsWriter, store_batch
+from functions.sink.batch import Batch, SourceRecord
+from functions.sink.core import ViewsWriter, store_batch
 
 __all__ = ["CloudEventSink", "source_record"]
 
@@ -89,7 +90,7 @@ class CloudEventSink:
             raise _problem(400, str(exc)) from exc
         try:
             result = store_batch(
-                [record], self._writer_factory(), self._settings.sink_max_record_bytes
+                Batch([record]), self._writer_factory(), self._settings.sink_max_record_bytes
             )
         except StoreUnavailable as exc:
             log.warning("insert failed, KafkaSource will retry: %s", exc)

@@ -1,88 +1,32 @@
 """The OpenAPI 3.1 document of the ingest function, generated from its route table and models.
 
-Nothing here is written by hand per endpoint: paths and methods come from ``IngestApi.routes``,
-schemas from the pydantic models (with the deployment's limits), permissions and limits from the
-settings. ``python -m functions.openapi`` writes ``docs/openapi.json`` for the default settings;
-a test fails when that file is stale, another when the document and the running routes disagree.
+Nothing here is written by hand per endpoint, and nothing here is read by dispatch: paths,
+methods, models, permissions and limits all come from the table in ``routes.py`` as
+``configure`` resolves it for the settings. ``python -m functions.http.openapi`` writes
+``docs/openapi.json`` for the default settings; a test fails when that file is stale, another
+when the document and the running routes disagree.
 """
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from functions.events import RequestModels, request_models
+from functions.http.routes import ConfiguredRoute, Operation, Route, configure
 from functions.problems import PROBLEM_CONTENT_TYPE, Problem
 from functions.settings import Settings
 
-__all__ = [
-    "DOCS_PAGE",
-    "OPENAPI_PATH",
-    "Body",
-    "Operation",
-    "openapi_document",
-    "path_pattern",
-    "render_openapi",
-]
+__all__ = ["OPENAPI_PATH", "openapi_document", "render_openapi"]
 
-OPENAPI_PATH = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
-DOCS_PAGE = (Path(__file__).resolve().parent / "docs.html").read_bytes()
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
 _SECURITY_SCHEME = "bearerAuth"
-_PATH_PARAMETER = re.compile(r"\{(\w+)\}")
-
-
-@dataclass(frozen=True, slots=True)
-class Body:
-    """A route's JSON request body: its model and its size limit, both from the settings."""
-
-    model: Callable[[RequestModels], type[BaseModel]]
-    max_bytes: Callable[[Settings], int]
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """What one route takes and answers; the document and the dispatcher both read it."""
-
-    operation_id: str
-    summary: str
-    success: dict[int, type[BaseModel] | None]  # None: not a JSON model (the docs page)
-    permission: Literal["write", "read"] | None = None
-    body: Body | None = None
-    path_parameters: type[BaseModel] | None = None
-    query_parameters: type[BaseModel] | None = None
-    errors: tuple[int, ...] = ()  # beyond those implied by the permission, body and parameters
-    media_type: str = "application/json"
-
-
-class DocumentedRoute(Protocol):
-    @property
-    def method(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def operation(self) -> Operation: ...
-
-
-def path_pattern(template: str) -> re.Pattern[str]:
-    """The regex of an OpenAPI path template: ``{name}`` matches one non-empty segment."""
-    parts = _PATH_PARAMETER.split(template)
-    # split() alternates literal text and parameter names.
-    return re.compile(
-        "".join(
-            re.escape(part) if index % 2 == 0 else f"(?P<{part}>[^/]+)"
-            for index, part in enumerate(parts)
-        )
-    )
 
 
 def _error_statuses(operation: Operation) -> list[int]:
@@ -136,13 +80,13 @@ def _parameters(model: type[BaseModel], location: str) -> list[dict[str, Any]]:
 
 
 def _component_schemas(
-    routes: Iterable[DocumentedRoute], models: RequestModels
+    routes: list[ConfiguredRoute],
 ) -> tuple[dict[tuple[Any, JsonSchemaMode], dict[str, Any]], dict[str, Any]]:
     wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(Problem, "serialization"): None}
-    for route in routes:
-        if route.operation.body is not None:
-            wanted[(route.operation.body.model(models), "validation")] = None
-        for model in route.operation.success.values():
+    for configured in routes:
+        if configured.body_model is not None:
+            wanted[(configured.body_model, "validation")] = None
+        for model in configured.route.operation.success.values():
             if model is not None:
                 wanted[(model, "serialization")] = None
     refs, definitions = models_json_schema(
@@ -151,23 +95,22 @@ def _component_schemas(
     return refs, definitions.get("$defs", {})
 
 
-def openapi_document(routes: Iterable[DocumentedRoute], settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``routes`` as configured by ``settings``."""
-    routes = list(routes)
-    models = request_models(settings.max_movie_time_offset_ms, settings.max_batch_events)
-    refs, schemas = _component_schemas(routes, models)
-    permissions = {"write": settings.jwt_write_permission, "read": settings.jwt_read_permission}
+def openapi_document(settings: Settings, routes: tuple[Route, ...] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``routes`` (default: the route table) for ``settings``."""
+    _, configured_routes = configure(settings, routes)
+    refs, schemas = _component_schemas(configured_routes)
 
     paths: dict[str, dict[str, Any]] = {}
-    for route in routes:
+    for configured in configured_routes:
+        route = configured.route
         operation = route.operation
         document: dict[str, Any] = {
             "operationId": operation.operation_id,
             "summary": operation.summary,
             "responses": {},
         }
-        if operation.permission is not None:
-            permission = permissions[operation.permission]
+        permission = configured.permission
+        if permission is not None:
             document["security"] = [{_SECURITY_SCHEME: [permission]}]
             document["description"] = f"Needs a token with the `{permission}` permission."
         else:
@@ -179,12 +122,13 @@ def openapi_document(routes: Iterable[DocumentedRoute], settings: Settings) -> d
             parameters += _parameters(operation.query_parameters, "query")
         if parameters:
             document["parameters"] = parameters
-        if operation.body is not None:
-            body_model = operation.body.model(models)
+        if configured.body_model is not None:
             document["requestBody"] = {
                 "required": True,
-                "description": f"At most {operation.body.max_bytes(settings)} bytes of UTF-8 JSON.",
-                "content": {"application/json": {"schema": refs[(body_model, "validation")]}},
+                "description": f"At most {configured.max_body_bytes} bytes of UTF-8 JSON.",
+                "content": {
+                    "application/json": {"schema": refs[(configured.body_model, "validation")]}
+                },
             }
         for status, model in operation.success.items():
             schema = {} if model is None else refs[(model, "serialization")]
@@ -235,11 +179,9 @@ def render_openapi(document: dict[str, Any]) -> bytes:
 
 
 def main() -> None:
-    from functions.ingest import IngestApi
-
     # The committed document shows the defaults, whatever this shell's environment says.
     defaults = Settings.model_construct()
-    OPENAPI_PATH.write_bytes(render_openapi(openapi_document(IngestApi.routes, defaults)) + b"\n")
+    OPENAPI_PATH.write_bytes(render_openapi(openapi_document(defaults)) + b"\n")
     sys.stdout.write(f"wrote {OPENAPI_PATH}\n")
 
 

@@ -1,4 +1,4 @@
-"""The KEDA-style trigger: a consumer-group loop that feeds the core in bounded batches.
+"""The KEDA-style trigger: a consumer-group loop that feeds the core in bounded ``Batch``es.
 
 Per batch: insert (core) -> dead-letter the rejected records and wait for their acks -> commit
 ``last offset + 1`` per partition. Nothing is committed before both writes succeeded, so a crash
@@ -16,26 +16,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from functions.errors import StoreUnavailable
+from functions.kafka_config import consumer_config
 from functions.settings import Settings
-from functions.sink.core import (
-    BatchResult,
-    Rejected,
-    SourceRecord,
-    ViewsWriter,
-    by_partition,
-    offset_ranges,
-    store_batch,
-)
+from functions.sink.batch import Batch, SourceRecord, rewind_positions
+from functions.sink.core import BatchResult, ViewsWriter, store_batch
+from functions.sink.dlq import DeadLetterPublisher
 
-__all__ = ["BatchConsumer", "DeadLetterPublisher", "consumer_config", "resident_set_bytes"]
+__all__ = ["BatchConsumer", "resident_set_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -54,70 +49,6 @@ def resident_set_bytes() -> int | None:
         return None
 
 
-def consumer_config(settings: Settings) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "group.id": settings.sink_group_id,
-        "enable.auto.commit": False,  # offsets are committed only after the insert
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": settings.kafka_session_timeout_ms,
-        "client.id": "watch-progress-sink",
-        # Larger fetches and a deeper local queue (still capped by queued.max.messages.kbytes,
-        # 64 MiB): with the defaults, 1 MiB a partition a fetch, a consumer draining a backlog
-        # here waited on the broker at ~190k records/s; with these it read ~340k.
-        "max.partition.fetch.bytes": 10 * 2**20,
-        "queued.min.messages": 500_000,
-    }
-
-
-class DeadLetterPublisher:
-    """Produces poison records to the dead-letter topic with the reason and their origin."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._topic = settings.dlq_topic
-        self._timeout_seconds = settings.kafka_delivery_timeout_ms / 1000
-        self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "delivery.timeout.ms": settings.kafka_delivery_timeout_ms,
-                "client.id": "watch-progress-sink-dlq",
-            }
-        )
-
-    def publish(self, rejected: Sequence[Rejected]) -> None:
-        """Return once every record is acknowledged; raise ``KafkaException`` otherwise."""
-        failures: list[str] = []
-
-        def on_delivery(err: Any, _msg: Message) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        for item in rejected:
-            origin = item.record
-            self._producer.produce(
-                self._topic,
-                value=origin.value,
-                key=origin.key,
-                headers=[
-                    ("dlq.reason", item.reason.value.encode()),
-                    ("dlq.detail", item.detail.encode()),
-                    ("dlq.origin.topic", origin.topic.encode()),
-                    ("dlq.origin.partition", str(origin.partition).encode()),
-                    ("dlq.origin.offset", str(origin.offset).encode()),
-                ],
-                on_delivery=on_delivery,
-            )
-        unsent = self._producer.flush(self._timeout_seconds)
-        if unsent or failures:
-            raise KafkaException(
-                f"dead-letter topic did not acknowledge {unsent + len(failures)} records"
-                f" ({'; '.join(failures[:3])})"
-            )
-
-
 class BatchConsumer:
     """Consumes views in batches until ``stop`` is set, then commits and leaves the group."""
 
@@ -133,7 +64,7 @@ class BatchConsumer:
         self._dead_letters = DeadLetterPublisher(settings)
         self._buffer: list[SourceRecord] = []
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-store")
-        self._in_flight: tuple[list[SourceRecord], Future[BatchResult]] | None = None
+        self._in_flight: tuple[Batch, Future[BatchResult]] | None = None
         self._backoff_seconds = 0.0
         self.batches_committed = 0
         self.records_stored = 0
@@ -203,7 +134,7 @@ class BatchConsumer:
     def _start_storing(self, stop: threading.Event) -> None:
         if self._backoff_seconds:
             stop.wait(self._backoff_seconds)
-        batch, self._buffer = self._buffer, []
+        batch, self._buffer = Batch(self._buffer), []
         storing = self._storer.submit(
             store_batch, batch, self._writer, self._settings.sink_max_record_bytes
         )
@@ -216,7 +147,7 @@ class BatchConsumer:
         if stored is not None:
             self._conclude(*stored)
 
-    def _await_in_flight(self) -> tuple[list[SourceRecord], BatchResult] | None:
+    def _await_in_flight(self) -> tuple[Batch, BatchResult] | None:
         """The batch being stored and its result, once stored; None if there was none, or if
         ClickHouse refused it (then it and every record read since are rewound)."""
         if self._in_flight is None:
@@ -226,13 +157,12 @@ class BatchConsumer:
         try:
             result = storing.result()
         except StoreUnavailable as exc:
-            self._retry_later([*batch, *self._buffer], exc)
-            self._buffer = []
+            self._retry_later([batch, self._read_since()], exc)
             return None
         self._backoff_seconds = 0.0
         return batch, result
 
-    def _conclude(self, batch: list[SourceRecord], result: BatchResult) -> None:
+    def _conclude(self, batch: Batch, result: BatchResult) -> None:
         """Dead-letter a stored batch's poison, then commit it. If the dead-letter topic fails,
         rewind to the batch, with the one being stored meanwhile and every record read since."""
         try:
@@ -240,22 +170,26 @@ class BatchConsumer:
                 self._dead_letters.publish(result.rejected)
         except KafkaException as exc:
             later = self._abandon_in_flight()
-            self._retry_later([*batch, *later, *self._buffer], exc)
-            self._buffer = []
+            self._retry_later([batch, *later, self._read_since()], exc)
             return
         self._commit(batch, result)
 
-    def _abandon_in_flight(self) -> list[SourceRecord]:
-        """Wait for the batch being stored, whatever its outcome, and return its records: it is
-        read again (storing it twice is harmless, the store is idempotent)."""
+    def _abandon_in_flight(self) -> list[Batch]:
+        """Wait for the batch being stored, whatever its outcome, and return it: it is read
+        again (storing it twice is harmless, the store is idempotent)."""
         if self._in_flight is None:
             return []
         batch, storing = self._in_flight
         self._in_flight = None
         wait([storing])
-        return batch
+        return [batch]
 
-    def _retry_later(self, records: list[SourceRecord], exc: Exception) -> None:
+    def _read_since(self) -> Batch:
+        """The records read since the batch in flight, dropped (they are rewound with it)."""
+        read, self._buffer = Batch(self._buffer), []
+        return read
+
+    def _retry_later(self, batches: list[Batch], exc: Exception) -> None:
         initial = self._settings.sink_retry_initial_ms / 1000
         cap = self._settings.sink_retry_max_ms / 1000
         self._backoff_seconds = min(cap, max(initial, self._backoff_seconds * 2))
@@ -263,17 +197,17 @@ class BatchConsumer:
             "batch not stored, redelivering after back-off",
             extra={"error": str(exc), "backoff_seconds": self._backoff_seconds},
         )
-        for (topic, partition), (first, _last) in offset_ranges(by_partition(records)).items():
+        for (topic, partition), first in rewind_positions(batches).items():
             try:
                 self._consumer.seek(TopicPartition(topic, partition, first))
             except KafkaException as seek_error:  # revoked meanwhile: its new owner redelivers
                 log.info("seek skipped: %s", seek_error)
 
-    def _commit(self, batch: list[SourceRecord], result: BatchResult) -> None:
+    def _commit(self, batch: Batch, result: BatchResult) -> None:
         try:
             next_offsets = [
-                TopicPartition(topic, partition, last + 1)
-                for (topic, partition), (_first, last) in result.offset_ranges.items()
+                TopicPartition(topic, partition, offset)
+                for (topic, partition), offset in batch.commit_offsets().items()
             ]
             self._consumer.commit(offsets=next_offsets, asynchronous=False)
         except KafkaException as exc:

@@ -1,0 +1,53 @@
+"""The dead-letter topic: poison records with the reason and their origin in headers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaException, Message, Producer
+
+from functions.kafka_config import dead_letter_producer_config
+from functions.settings import Settings
+from functions.sink.core import Rejected
+
+__all__ = ["DeadLetterPublisher"]
+
+
+class DeadLetterPublisher:
+    """Produces poison records to the dead-letter topic with the reason and their origin."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._topic = settings.dlq_topic
+        self._timeout_seconds = settings.kafka_delivery_timeout_ms / 1000
+        self._producer = Producer(dead_letter_producer_config(settings))
+
+    def publish(self, rejected: Sequence[Rejected]) -> None:
+        """Return once every record is acknowledged; raise ``KafkaException`` otherwise."""
+        failures: list[str] = []
+
+        def on_delivery(err: Any, _msg: Message) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for item in rejected:
+            origin = item.record
+            self._producer.produce(
+                self._topic,
+                value=origin.value,
+                key=origin.key,
+                headers=[
+                    ("dlq.reason", item.reason.value.encode()),
+                    ("dlq.detail", item.detail.encode()),
+                    ("dlq.origin.topic", origin.topic.encode()),
+                    ("dlq.origin.partition", str(origin.partition).encode()),
+                    ("dlq.origin.offset", str(origin.offset).encode()),
+                ],
+                on_delivery=on_delivery,
+            )
+        unsent = self._producer.flush(self._timeout_seconds)
+        if unsent or failures:
+            raise KafkaException(
+                f"dead-letter topic did not acknowledge {unsent + len(failures)} records"
+                f" ({'; '.join(failures[:3])})"
+            )
