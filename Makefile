@@ -46,7 +46,8 @@ run: setup
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check functions clickhouse infra loadtest tests tools
 	$(VENV)/bin/ruff format --check functions clickhouse infra loadtest tests tools
-	$(VENV)/bin/mypy functions
+	$(VENV)/bin/mypy functions clickhouse
+	$(VENV)/bin/lint-imports --no-cache
 
 test: setup lint
 	$(VENV)/bin/pytest
