@@ -14,14 +14,12 @@ import logging
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
 import jwt
-import orjson
 from jwt.algorithms import get_default_algorithms
 
 from functions.errors import AuthError, AuthUnavailable, Forbidden, MissingToken
@@ -48,8 +46,6 @@ VERIFIED_TOKENS_CACHED = 10_000
 # What a dev token may do: the write and read permissions of the default settings.
 DEV_PERMISSIONS = ("ugc.views.write", "ugc.views.read")
 
-# A JWKS document is a few kilobytes; anything far larger is not one.
-_MAX_JWKS_BYTES = 1 << 20
 _MAX_KID_LENGTH = 256
 
 
@@ -121,8 +117,8 @@ class JwksKeys:
         self._algorithm = algorithm
         self._cache_seconds = cache_seconds
         self._min_refresh_seconds = min_refresh_seconds
-        self._timeout_seconds = timeout_seconds
         self._clock = clock
+        self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout_seconds)
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last fetch, successful or not
@@ -174,19 +170,19 @@ class JwksKeys:
                 self._background_refresh = False
 
     def _fetch(self) -> dict[str, jwt.PyJWK]:
-        with urllib.request.urlopen(self._url, timeout=self._timeout_seconds) as response:
-            document = orjson.loads(response.read(_MAX_JWKS_BYTES + 1)[:_MAX_JWKS_BYTES])
-        keys: dict[str, jwt.PyJWK] = {}
-        for entry in document.get("keys", []) if isinstance(document, dict) else []:
-            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
-                continue
-            kid = entry.get("kid")
-            try:
-                key = jwt.PyJWK(entry)
-            except jwt.PyJWTError:
-                continue  # a key type this library cannot use
-            if isinstance(kid, str) and key.algorithm_name == self._algorithm:
-                keys[kid] = key
+        # PyJWKClient fetches (timeout, no redirects) and PyJWKSet parses, skipping keys this
+        # library cannot use; the caching and its refresh policy stay ours (above).
+        try:
+            key_set = self._client.get_jwk_set(refresh=True)
+        except jwt.PyJWKSetError:
+            key_set = None  # a JWKS without a usable key: fetched, but nothing verifies
+        keys = {
+            key.key_id: key
+            for key in key_set or ()
+            if isinstance(key.key_id, str)
+            and key.public_key_use in (None, "sig")
+            and key.algorithm_name == self._algorithm
+        }
         if not keys:
             log.warning(
                 "JWKS has no usable key", extra={"url": self._url, "algorithm": self._algorithm}
