@@ -19,17 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +35,7 @@ from confluent_kafka import KafkaException, Producer
 from localkafka import LocalKafka, free_port, group_lag, read_records
 from localsink import SinkProcess, environment, migrate, query_store
 from reconcile import SentEvent, read_and_reconcile, synthetic_events
+from runs import figure, results_directory, scratch, write_summary
 
 from clickhouse.store import ViewStore
 from functions.auth import issue_dev_token
@@ -48,7 +45,6 @@ from functions.producer import AsyncProducer
 from functions.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "loadtest" / "results"
 DATABASE = "chaos"
 POISON = (b'{"event_id": "unterminated', b'{"schema_version": 1, "movie_time_offset": -1}', b"")
 
@@ -370,53 +366,39 @@ def backlog_cleared_after(samples: list[Sample], fault: Fault) -> float | None:
 
 
 def plot(samples: list[Sample], faults: list[Fault], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(10, 5))
-    seconds = [s.seconds for s in samples]
-    axis.plot(seconds, [s.acknowledged for s in samples], label="acknowledged (2xx)")
-    axis.plot(seconds, [s.rejected for s in samples], label="rejected (503)")
-    axis.plot(
-        [s.seconds for s in samples if s.lag is not None],
-        [s.lag for s in samples if s.lag is not None],
-        label="sink lag (records not committed)",
-    )
-    colours = ["tab:red", "tab:purple", "tab:brown"]
-    for fault, colour in zip(faults, colours, strict=False):
-        axis.axvspan(
-            fault.started,
-            max(fault.ended or 0, fault.started + 0.5),
-            color=colour,
-            alpha=0.2,
-            label=fault.name,
+    with figure(path, title, "seconds since start", "events", "upper left") as axis:
+        seconds = [s.seconds for s in samples]
+        axis.plot(seconds, [s.acknowledged for s in samples], label="acknowledged (2xx)")
+        axis.plot(seconds, [s.rejected for s in samples], label="rejected (503)")
+        axis.plot(
+            [s.seconds for s in samples if s.lag is not None],
+            [s.lag for s in samples if s.lag is not None],
+            label="sink lag (records not committed)",
         )
-    axis.set_xlabel("seconds since start")
-    axis.set_ylabel("events")
-    axis.set_title(title)
-    axis.legend(loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+        colours = ["tab:red", "tab:purple", "tab:brown"]
+        for fault, colour in zip(faults, colours, strict=False):
+            axis.axvspan(
+                fault.started,
+                max(fault.ended or 0, fault.started + 0.5),
+                color=colour,
+                alpha=0.2,
+                label=fault.name,
+            )
 
 
 def run_chaos(config: ChaosConfig, results: Path) -> dict[str, Any]:
     """One chaos run; its figures, also written to ``results/summary.json``."""
-    results.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
-    run = ChaosRun(config, workdir, results)
-    try:
-        summary = asyncio.run(run.run())
-    finally:
-        for sink in run.sinks:
-            with contextlib.suppress(Exception):
-                if sink.process is not None and sink.process.poll() is None:
-                    sink.kill()
-        run.broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with scratch(results, "chaos") as workdir:
+        run = ChaosRun(config, workdir, results)
+        try:
+            summary = asyncio.run(run.run())
+        finally:
+            for sink in run.sinks:
+                with contextlib.suppress(Exception):
+                    if sink.process is not None and sink.process.poll() is None:
+                        sink.kill()
+            run.broker.stop()
+    write_summary(results, summary)
     plot(
         run.samples,
         run.faults,
@@ -459,7 +441,7 @@ def main() -> int:
     # The ingest function logs each 503; the run counts them instead.
     logging.getLogger("functions").setLevel(logging.ERROR)
     logging.getLogger("chaos.librdkafka").setLevel(logging.CRITICAL)
-    results = RESULTS / f"chaos-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    results = results_directory("chaos")
     summary = run_chaos(config, results)
     width = max(len(name) for name in HEADLINES)
     for name in HEADLINES:

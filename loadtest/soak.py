@@ -14,12 +14,9 @@ Results: ``loadtest/results/soak-<time>/`` (``summary.json``, ``rss.png``, the s
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -31,11 +28,11 @@ from typing import Any
 from confluent_kafka import Producer
 from localkafka import LocalKafka, free_port
 from localsink import SinkProcess, environment, migrate
+from runs import figure, results_directory, scratch, write_summary
 
 from functions.events import ViewRecord
 from functions.settings import Settings
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
 
 
@@ -118,78 +115,68 @@ def judge(samples: list[RssSample], config: SoakConfig) -> dict[str, Any]:
 
 
 def plot(samples: list[RssSample], config: SoakConfig, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(10, 5))
-    axis.plot(
-        [s.records / 1e6 for s in samples], [s.rss_bytes / MIB for s in samples], label="sink RSS"
-    )
-    axis.axvline(
-        config.warmup_fraction * samples[-1].records / 1e6,
-        color="grey",
-        linestyle="--",
-        label="end of warm-up",
-    )
-    axis.set_xlabel("records processed (millions)")
-    axis.set_ylabel("RSS (MiB)")
-    axis.set_ylim(bottom=0)
-    axis.set_title(title)
-    axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with figure(path, title, "records processed (millions)", "RSS (MiB)", "lower right") as axis:
+        axis.plot(
+            [s.records / 1e6 for s in samples],
+            [s.rss_bytes / MIB for s in samples],
+            label="sink RSS",
+        )
+        axis.axvline(
+            config.warmup_fraction * samples[-1].records / 1e6,
+            color="grey",
+            linestyle="--",
+            label="end of warm-up",
+        )
+        axis.set_ylim(bottom=0)
 
 
 def run_soak(config: SoakConfig, results: Path) -> dict[str, Any]:
-    results.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="soak-"))
-    broker = LocalKafka(workdir / "kafka", free_port())
-    settings = Settings(
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        clickhouse_dsn=f"chdb://{workdir / 'clickhouse'}",
-        clickhouse_database="soak",
-        jwt_secret=uuid.uuid4().hex,
-        sink_group_id="soak-sink",
-    )
-    env = environment(settings)
-    stop = threading.Event()
-    produced: list[int] = []
-    try:
-        broker.start()
-        broker.create_topics({settings.views_topic: 6, settings.dlq_topic: 1})
-        migrate(env)
-        with SinkProcess(env, results / "sink.log") as sink:
-            sink.wait_for_message("partitions assigned", 120)
-            started = time.monotonic()
-            producer = threading.Thread(
-                target=lambda: produced.append(
-                    produce_steadily(broker.bootstrap_servers, settings.views_topic, config, stop)
+    with scratch(results, "soak") as workdir:
+        broker = LocalKafka(workdir / "kafka", free_port())
+        settings = Settings(
+            kafka_bootstrap_servers=broker.bootstrap_servers,
+            clickhouse_dsn=f"chdb://{workdir / 'clickhouse'}",
+            clickhouse_database="soak",
+            jwt_secret=uuid.uuid4().hex,
+            sink_group_id="soak-sink",
+        )
+        env = environment(settings)
+        stop = threading.Event()
+        produced: list[int] = []
+        try:
+            broker.start()
+            broker.create_topics({settings.views_topic: 6, settings.dlq_topic: 1})
+            migrate(env)
+            with SinkProcess(env, results / "sink.log") as sink:
+                sink.wait_for_message("partitions assigned", 120)
+                started = time.monotonic()
+                producer = threading.Thread(
+                    target=lambda: produced.append(
+                        produce_steadily(
+                            broker.bootstrap_servers, settings.views_topic, config, stop
+                        )
+                    )
                 )
-            )
-            producer.start()
-            while time.monotonic() - started < config.minutes * 60:
-                time.sleep(10)
-                elapsed = time.monotonic() - started
-                latest = rss_samples(sink)[-1:] or [RssSample(0, 0)]
-                sys.stdout.write(
-                    f"[{elapsed:6.0f}s] records stored {latest[0].records:>10,}"
-                    f"  sink RSS {latest[0].rss_bytes / MIB:7.1f} MiB\n"
-                )
-                sys.stdout.flush()
+                producer.start()
+                while time.monotonic() - started < config.minutes * 60:
+                    time.sleep(10)
+                    elapsed = time.monotonic() - started
+                    latest = rss_samples(sink)[-1:] or [RssSample(0, 0)]
+                    sys.stdout.write(
+                        f"[{elapsed:6.0f}s] records stored {latest[0].records:>10,}"
+                        f"  sink RSS {latest[0].rss_bytes / MIB:7.1f} MiB\n"
+                    )
+                    sys.stdout.flush()
+                stop.set()
+                producer.join()
+                sink.terminate()
+                samples = rss_samples(sink)
+        finally:
             stop.set()
-            producer.join()
-            sink.terminate()
-            samples = rss_samples(sink)
-    finally:
-        stop.set()
-        broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+            broker.stop()
     verdict = judge(samples, config)
     summary = {"config": asdict(config), "records_produced": sum(produced), **verdict}
-    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(results, summary)
     plot(
         samples,
         config,
@@ -207,7 +194,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=defaults.rate, help="records per second")
     args = parser.parse_args()
     config = SoakConfig(minutes=args.minutes, rate=args.rate)
-    results = RESULTS / f"soak-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    results = results_directory("soak")
     summary = run_soak(config, results)
     for name, value in summary.items():
         if name != "config":

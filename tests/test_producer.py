@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import pytest
@@ -26,10 +25,10 @@ def test_send_fails_on_its_own_guard_when_no_delivery_report_comes(
 
     async def send_twice() -> None:
         for _ in range(2):  # the second send finds no stale state from the first
-            started = time.monotonic()
+            # The guard's own failure, not librdkafka's report (that would say "not
+            # acknowledged", after a minute).
             with pytest.raises(DeliveryFailed, match="no delivery report in time"):
                 await producer.send(missing_topic, b"key", b"{}")
-            assert 1.0 <= time.monotonic() - started < 5
 
     asyncio.run(send_twice())
     # Failed by the guard, the records are still librdkafka's: they go out once the topic is
