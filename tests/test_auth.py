@@ -172,8 +172,9 @@ def test_claims_are_checked(hs256: TokenVerifier, changes: dict[str, Any], match
 
 
 def test_small_clock_skew_is_tolerated(hs256: TokenVerifier) -> None:
-    token = make_token(uuid.uuid4(), expires_in=timedelta(seconds=-10))  # leeway is 30 s
-    _authenticate(hs256, token)
+    user = uuid.uuid4()
+    token = make_token(user, expires_in=timedelta(seconds=-10))  # leeway is 30 s
+    assert _authenticate(hs256, token).user_id == user
 
 
 @pytest.mark.parametrize(
@@ -191,7 +192,7 @@ def test_issuer_and_audience_are_checked_when_configured() -> None:
     )
     user = uuid.uuid4()
     good = {"iss": "https://id.example", "aud": "watch-progress"}
-    _authenticate(verifier, make_token(user, **good))
+    assert _authenticate(verifier, make_token(user, **good)).user_id == user
     _rejects(verifier, make_token(user, **{**good, "iss": "https://evil.example"}), "issuer")
     _rejects(verifier, make_token(user, **{**good, "aud": "other"}), "(?i)audience")
     _rejects(verifier, make_token(user, iss="https://id.example"), "aud")
@@ -424,7 +425,8 @@ def test_jwks_keys_of_other_algorithms_are_ignored(jwks_server: JwksServer) -> N
         jwk(EC_KEY, "enc", use="enc"),
     ]
     verifier, _ = _jwks_verifier(jwks_server.url, ManualClock(), algorithm="ES256")
-    _authenticate(verifier, _signed(EC_KEY, "ec", "ES256"))
+    user = uuid.uuid4()
+    assert _authenticate(verifier, _signed(EC_KEY, "ec", "ES256", user)).user_id == user
     _rejects(verifier, _signed(secret, "sym", "HS256"), "key id")
     _rejects(verifier, _signed(RSA_KEY, "rsa", "RS256"), "key id")
     _rejects(verifier, _signed(EC_KEY, "enc", "ES256"), "key id")
@@ -462,8 +464,9 @@ def test_a_remembered_token_stops_passing_when_its_key_leaves_the_jwks(
     clock = ManualClock()
     jwks_server.keys = [jwk(RSA_KEY, "k1")]
     verifier, keys = _jwks_verifier(jwks_server.url, clock)
-    token = _signed(RSA_KEY, "k1")
-    _authenticate(verifier, token)
+    user = uuid.uuid4()
+    token = _signed(RSA_KEY, "k1", subject=user)
+    assert _authenticate(verifier, token).user_id == user
     jwks_server.keys = [jwk(OTHER_RSA_KEY, "k1")]  # same kid, new key: the old one is revoked
     clock.now += 31
     keys.refresh()

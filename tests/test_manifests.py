@@ -183,10 +183,13 @@ def _settings_map(documents: tuple[Document, ...]) -> dict[str, str]:
 
 
 def test_settings_config_map_is_accepted_by_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in _settings_map(render(K8S / "base")).items():
+    config_map = _settings_map(render(K8S / "base"))
+    for name, value in config_map.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("JWT_SECRET", "from-the-secret")
-    Settings()
+    settings = Settings()
+    # Each value is read into the field of its name, as it is written.
+    assert {name: str(getattr(settings, name.lower())) for name in config_map} == config_map
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=_relative)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -39,3 +42,27 @@ def test_misnamed_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "create_views.sql").write_text("SELECT 1")
     with pytest.raises(MigrationError, match="expected a name like"):
         load_migrations(tmp_path)
+
+
+def test_the_cli_reads_only_its_own_options_and_needs_no_function_settings(
+    tmp_path: Path,
+) -> None:
+    # No JWT secret, no Kafka: the runner is its own program (a Kubernetes Job, `make run`).
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("JWT_", "KAFKA_", "CLICKHOUSE_"))
+    }
+    command = [sys.executable, "-m", "clickhouse.migrate", "--dsn", f"chdb://{tmp_path}"]
+    first = subprocess.run(
+        [*command, "--database", "cli"], env=environment, capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    versions = [f"{m.version:04d}_{m.name}" for m in load_migrations()]
+    assert first.stdout.splitlines() == [*(f"applied {v}" for v in versions), "cli: up to date"]
+    # The environment is the fallback of each option.
+    again = subprocess.run(
+        command, env={**environment, "CLICKHOUSE_DATABASE": "cli"}, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == ["cli: up to date"]
