@@ -21,8 +21,8 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
-from clickhouse import queries
-from clickhouse.store import DEFAULT_DATABASE, LOCAL_DSN, connect
+from clickhouse import DEFAULT_DATABASE, LOCAL_DSN, queries
+from clickhouse.store import connect
 
 __all__ = ["MIGRATIONS_DIR", "Migration", "MigrationError", "apply_migrations", "load_migrations"]
 

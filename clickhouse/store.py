@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -27,11 +26,7 @@ from clickhouse import queries
 from functions.errors import RecordsRefused, StoreUnavailable
 from functions.events import ViewRecord
 
-__all__ = ["DEFAULT_DATABASE", "LOCAL_DSN", "MovieViewers", "Position", "ViewStore", "connect"]
-
-# The embedded engine's data directory of a local run, in the checkout's git-ignored .local/.
-LOCAL_DSN = f"chdb://{Path(__file__).resolve().parents[1] / '.local' / 'clickhouse'}"
-DEFAULT_DATABASE = "movies"
+__all__ = ["MovieViewers", "Position", "ViewStore", "connect"]
 
 _COLUMN_NAMES = [name for name, _ in queries.VIEW_COLUMNS]
 _COLUMN_TYPES = [ch_type for _, ch_type in queries.VIEW_COLUMNS]

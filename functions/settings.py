@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from clickhouse.store import DEFAULT_DATABASE, LOCAL_DSN
+from clickhouse import DEFAULT_DATABASE, LOCAL_DSN
 from functions.events import MAX_MOVIE_TIME_OFFSET_MS
 
 __all__ = ["Settings", "get_settings"]

@@ -63,10 +63,6 @@ class Batch:
         run = self._partitions[topic_partition]
         return run[0].offset, run[-1].offset
 
-    def offset_ranges(self) -> dict[TopicPartition, tuple[int, int]]:
-        """(first, last) offset of each topic-partition."""
-        return {tp: (run[0].offset, run[-1].offset) for tp, run in self._partitions.items()}
-
     def dedup_token(self, topic_partition: TopicPartition) -> str:
         """Same records, same token: ClickHouse drops a repeated insert of an offset range."""
         topic, partition = topic_partition
