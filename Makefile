@@ -21,6 +21,7 @@ help:
 	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
 	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
+	@echo "make diagrams           render docs/architecture/*.puml to the SVGs shown in the docs"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -82,3 +83,18 @@ token: $(VENV)/.synced $(DEV_SECRET)
 
 clean:
 	rm -rf $(VENV) .local/clickhouse .local/kafka
+
+# PlantUML from Maven Central on the machine's Java, like the Kafka jars (no network renderer).
+# The SVGs are committed; tests/test_diagrams.py checks each against its source and this pin.
+PLANTUML_VERSION := 1.2026.10
+PLANTUML_JAR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/watch-progress/plantuml-mit-$(PLANTUML_VERSION).jar
+
+$(PLANTUML_JAR):
+	@echo "fetching PlantUML $(PLANTUML_VERSION) from Maven Central"
+	@mvn -q -B -Dstyle.color=never dependency:copy \
+		-Dartifact=net.sourceforge.plantuml:plantuml-mit:$(PLANTUML_VERSION) -DoutputDirectory=$(dir $@)
+
+.PHONY: diagrams
+diagrams: $(PLANTUML_JAR)
+	@echo "rendering $(wildcard docs/architecture/*.puml)"
+	@java -Djava.awt.headless=true -jar $(PLANTUML_JAR) -tsvg docs/architecture/*.puml
