@@ -50,7 +50,7 @@ lint: $(VENV)/.synced
 	$(VENV)/bin/mypy functions clickhouse
 	$(VENV)/bin/lint-imports --no-cache
 
-test: setup lint
+test: setup lint /usr/bin/chromedriver
 	$(VENV)/bin/pytest
 
 # Own broker on a free port, own embedded ClickHouse: safe beside `make run` and other checkouts.
@@ -70,6 +70,10 @@ manifests: $(VENV)/.synced
 # wrk comes from Debian; installed here, not in set-up: only the benchmark needs it.
 /usr/bin/wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# Chromium and its driver come from Debian too, for the docs page's browser test.
+/usr/bin/chromedriver:
+	@command -v chromedriver >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
 bench: setup /usr/bin/wrk
 	PYTHONPATH=infra $(PY) -m loadtest --profile full
