@@ -98,9 +98,12 @@ def _documented_operations(ingest_url: str) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("page", ["/docs", "/bigdata-api/openapi"])
-def test_page_shows_every_operation(browser: WebDriver, ingest_url: str, page: str) -> None:
+def test_page_shows_every_operation(
+    browser: WebDriver, ingest_url: str, page: str, tmp_path: Path
+) -> None:
     browser.get(ingest_url + page)
     assert _shown_operations(browser) == _documented_operations(ingest_url)
+    browser.save_screenshot(str(tmp_path / "docs.png"))
     assert browser.title == "Watch-progress ingest API"
     assert "OAS 3.1" in _visible(browser, ".info").text
     assert _console_errors(browser) == [], "nothing refused by the Content-Security-Policy"
@@ -134,7 +137,7 @@ def test_try_it_out_sends_a_view_with_the_token(
         browser, "#operations-default-postView .live-responses-table tbody .microlight"
     )
     assert json.loads(response.text)["status"] == "accepted"
-    browser.execute_script("arguments[0].scrollIntoView()", response)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", status)
     browser.save_screenshot(str(tmp_path / "docs-try-it-out.png"))
 
     (record,) = read_records(settings.kafka_bootstrap_servers, settings.views_topic, count=1)
