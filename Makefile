@@ -21,6 +21,7 @@ help:
 	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
 	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
+	@echo "make diagrams           render docs/architecture/*.puml to the SVGs shown in the docs"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -49,7 +50,7 @@ lint: $(VENV)/.synced
 	$(VENV)/bin/mypy functions clickhouse
 	$(VENV)/bin/lint-imports --no-cache
 
-test: setup lint
+test: setup lint /usr/bin/chromedriver
 	$(VENV)/bin/pytest
 
 # Own broker on a free port, own embedded ClickHouse: safe beside `make run` and other checkouts.
@@ -70,6 +71,10 @@ manifests: $(VENV)/.synced
 /usr/bin/wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
+# Chromium and its driver come from Debian too, for the docs page's browser test.
+/usr/bin/chromedriver:
+	@command -v chromedriver >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+
 bench: setup /usr/bin/wrk
 	PYTHONPATH=infra $(PY) -m loadtest --profile full
 
@@ -82,3 +87,18 @@ token: $(VENV)/.synced $(DEV_SECRET)
 
 clean:
 	rm -rf $(VENV) .local/clickhouse .local/kafka
+
+# PlantUML from Maven Central on the machine's Java, like the Kafka jars (no network renderer).
+# The SVGs are committed; tests/test_diagrams.py checks each against its source and this pin.
+PLANTUML_VERSION := 1.2026.10
+PLANTUML_JAR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/watch-progress/plantuml-mit-$(PLANTUML_VERSION).jar
+
+$(PLANTUML_JAR):
+	@echo "fetching PlantUML $(PLANTUML_VERSION) from Maven Central"
+	@mvn -q -B -Dstyle.color=never dependency:copy \
+		-Dartifact=net.sourceforge.plantuml:plantuml-mit:$(PLANTUML_VERSION) -DoutputDirectory=$(dir $@)
+
+.PHONY: diagrams
+diagrams: $(PLANTUML_JAR)
+	@echo "rendering $(wildcard docs/architecture/*.puml)"
+	@java -Djava.awt.headless=true -jar $(PLANTUML_JAR) -tsvg docs/architecture/*.puml

@@ -17,6 +17,7 @@ from support import bearer, ingest_client
 
 from clickhouse.store import ViewStore
 from functions.http.app import path_pattern
+from functions.http.docs_page import DOCS_POLICY
 from functions.http.openapi import OPENAPI_PATH, openapi_document, render_openapi
 from functions.http.routes import ROUTES
 from functions.settings import Settings
@@ -75,7 +76,7 @@ def test_document_and_running_routes_agree(api: TestClient, served: dict[str, An
     documented = {
         (method.upper(), path) for path, item in served["paths"].items() for method in item
     }
-    assert documented == {(route.method, route.path) for route in ROUTES}
+    assert documented == {(route.method, route.path) for route in ROUTES if route.documented}
     headers = bearer(uuid.uuid4())
     for path, item in served["paths"].items():
         url = _concrete(path)
@@ -102,11 +103,53 @@ def test_path_templates_match_one_segment() -> None:
     assert not path_pattern("/openapi.json").fullmatch("/openapiXjson")
 
 
-def test_docs_page_is_self_contained(api: TestClient) -> None:
+def test_docs_page_loads_everything_from_this_origin(api: TestClient) -> None:
     response = api.get("/docs")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    assert "default-src 'none'" in response.headers["content-security-policy"]
-    page = response.text
-    assert 'fetch("openapi.json")' in page
-    assert not re.search(r"(src|href)=\"(https?:)?//", page), "the page must not load remote assets"
+    assert response.headers["content-security-policy"] == DOCS_POLICY
+    loaded = re.findall(r"(?:src|href)=\"([^\"]*)\"", response.text)
+    assert loaded, "the page loads Swagger UI"
+    for url in loaded:
+        assert url.startswith("/") and not url.startswith("//"), url
+        asset = api.get(url)
+        assert asset.status_code == 200, url
+        assert "public" in asset.headers["cache-control"]
+    assert "<script>" not in response.text, "no inline script: the policy forbids it"
+
+
+def test_docs_policy_allows_this_origin_only() -> None:
+    directives = dict(d.split(" ", 1) for d in DOCS_POLICY.split("; "))
+    assert directives.pop("default-src") == "'none'"
+    assert directives.pop("frame-ancestors") == "'none'"
+    assert directives.pop("img-src") == "'self' data:"
+    for source in directives.values():
+        assert source in ("'self'", "'none'"), source
+
+
+def test_docs_page_runs_the_locked_swagger_ui_on_the_generated_document(api: TestClient) -> None:
+    bundle = api.get("/docs/swagger-ui-bundle.js")
+    assert bundle.headers["content-type"].startswith("text/javascript")
+    version = re.search(r'PACKAGE_VERSION:"(\d+)\.', bundle.text)
+    assert version is not None and int(version.group(1)) >= 5, "Swagger UI 5 renders OpenAPI 3.1"
+    initializer = api.get("/docs/swagger-initializer.js").text
+    assert 'url: "/openapi.json"' in initializer
+    assert "persistAuthorization: false" in initializer
+
+
+def test_docs_page_serves_no_other_file(api: TestClient) -> None:
+    for name in ("index.html", "swagger-editor-bundle.js", "..%2Fdocs_page.py", "LICENSE"):
+        response = api.get(f"/docs/{name}")
+        assert response.status_code == 404, name
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_seed_service_paths_are_aliases_not_operations(
+    api: TestClient, served: dict[str, Any]
+) -> None:
+    assert api.get("/bigdata-api/openapi.json").json() == served
+    page = api.get("/bigdata-api/openapi")
+    assert page.content == api.get("/docs").content
+    assert page.headers["content-security-policy"] == DOCS_POLICY
+    assert not any(path.startswith("/bigdata-api/openapi") for path in served["paths"])
+    assert not any(path.startswith("/docs/") for path in served["paths"])

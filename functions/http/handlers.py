@@ -15,14 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails, from_json, to_json
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 
 from clickhouse.store import ViewStore
 from functions.api_models import MostWatchedQuery, PositionPath
@@ -37,22 +36,19 @@ from functions.events import (
     ViewRecord,
     invalid_json_message,
 )
+from functions.http.docs_page import DOCS_ASSETS, DOCS_PAGE, DOCS_POLICY
 from functions.problems import field_errors, problem_document, problem_response
 from functions.producer import AsyncProducer
 from functions.settings import Settings
 
-__all__ = ["DOCS_PAGE", "Handlers", "Incoming"]
+__all__ = ["Handlers", "Incoming"]
 
 log = logging.getLogger(__name__)
 
 Model = TypeVar("Model", bound=BaseModel)
 
-DOCS_PAGE = (Path(__file__).resolve().parent / "docs.html").read_bytes()
-
-# Only this page's own inline script and style may run, and it may only fetch from this origin.
-_DOCS_POLICY = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
-)
+# The docs page's files change only with a deployment.
+_DOCS_ASSET_CACHING = "public, max-age=3600"
 
 # A 64 KiB body of unknown fields would otherwise get a problem document several times its size.
 _MAX_LISTED_ERRORS = 100
@@ -172,7 +168,17 @@ class Handlers:
 
     async def docs(self, incoming: Incoming) -> Response:
         return Response(
-            DOCS_PAGE, media_type="text/html", headers={"Content-Security-Policy": _DOCS_POLICY}
+            DOCS_PAGE, media_type="text/html", headers={"Content-Security-Policy": DOCS_POLICY}
+        )
+
+    async def docs_asset(self, incoming: Incoming) -> Response:
+        asset = DOCS_ASSETS.get(incoming.params["asset"])
+        if asset is None:
+            return problem_response(404, "no such file of the docs page")
+        return FileResponse(
+            asset.path,
+            media_type=asset.media_type,
+            headers={"Cache-Control": _DOCS_ASSET_CACHING},
         )
 
     async def post_view(self, incoming: Incoming) -> Response:

@@ -97,7 +97,7 @@ def _component_schemas(
 
 def openapi_document(settings: Settings, routes: tuple[Route, ...] | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``routes`` (default: the route table) for ``settings``."""
-    _, configured_routes = configure(settings, routes)
+    configured_routes = [c for c in configure(settings, routes)[1] if c.route.documented]
     refs, schemas = _component_schemas(configured_routes)
 
     paths: dict[str, dict[str, Any]] = {}

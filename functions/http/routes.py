@@ -9,7 +9,7 @@ limits, the permission names, the body limits) once, for both readers.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel
@@ -63,6 +63,9 @@ class Route:
     path: str  # an OpenAPI path template
     handler: Callable[[Handlers, Incoming], Awaitable[Response]]
     operation: Operation
+    # False: served, but not an operation of the OpenAPI document (an alias of a documented
+    # route, a file of the docs page).
+    documented: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,5 +182,25 @@ ROUTES: tuple[Route, ...] = (
         "/docs",
         Handlers.docs,
         Operation("getDocs", "A page rendering this document", {200: None}, media_type="text/html"),
+    ),
+)
+
+
+def _alias(path: str, of: str) -> Route:
+    """The route of path ``of`` served under ``path`` too, as the same operation."""
+    (route,) = (route for route in ROUTES if route.path == of)
+    return replace(route, path=path, documented=False)
+
+
+ROUTES += (
+    # The seed service's paths of the document and of its page.
+    _alias("/bigdata-api/openapi.json", of="/openapi.json"),
+    _alias("/bigdata-api/openapi", of="/docs"),
+    Route(
+        "GET",
+        "/docs/{asset}",
+        Handlers.docs_asset,
+        Operation("getDocsAsset", "A file the docs page loads", {200: None}, errors=(404,)),
+        documented=False,
     ),
 )
