@@ -7,7 +7,7 @@ UV := .local/uv/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 DEV_SECRET := .local/jwt-secret
-LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
+LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET) CLICKHOUSE_DSN=chdb://$(CURDIR)/.local/clickhouse
 PORT ?= 8080
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short

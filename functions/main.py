@@ -2,6 +2,7 @@
 
 - ``ingest``: the HTTP API (ASGI): ``functions-framework --target ingest --asgi``.
 - ``sink``: the KafkaSource CloudEvent trigger: ``functions-framework --target sink --asgi``.
+- ``sink_connector``: the OpenFaaS Pro kafka-connector trigger (one record per HTTP call).
 
 The KEDA-style consumer loop is ``python -m functions.sink``; ``python -m functions.local`` hosts
 the ingest function and that loop in one process for local runs.
@@ -13,13 +14,21 @@ from functools import lru_cache
 
 import functions_framework.aio
 from cloudevents.http.event import CloudEvent
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from functions.bootstrap import REQUEST_GC_THRESHOLD, start
 from functions.http.app import IngestApi
 from functions.runtime import get_producer, get_store
+from functions.settings import get_settings
+from functions.sink.dlq import DeadLetterPublisher
 from functions.sink.triggers.cloudevent import CloudEventSink
+from functions.sink.triggers.openfaas import ConnectorSink
+
+# Read when functions-framework imports this module (in the gunicorn master, before it forks):
+# a pod with a missing or wrong setting exits at start with one line, not at its first request.
+get_settings()
 
 
 # Built on the first call in each worker (after gunicorn forked it), which is also when the
@@ -36,6 +45,14 @@ def _cloud_event_sink() -> CloudEventSink:
     return start(lambda settings: CloudEventSink(settings, get_store), REQUEST_GC_THRESHOLD)
 
 
+@lru_cache(maxsize=1)
+def _connector_sink() -> ConnectorSink:
+    return start(
+        lambda settings: ConnectorSink(settings, get_store, DeadLetterPublisher(settings)),
+        REQUEST_GC_THRESHOLD,
+    )
+
+
 @functions_framework.aio.http
 async def ingest(request: Request) -> Response:
     return await _ingest_api().handle(request)
@@ -46,3 +63,10 @@ def sink(event: CloudEvent) -> None:
     # A plain function: functions-framework runs it in a worker thread, off the event loop,
     # which is where a blocking ClickHouse insert belongs.
     _cloud_event_sink().handle_event(event)
+
+
+@functions_framework.aio.http
+async def sink_connector(request: Request) -> Response:
+    body = await request.body()
+    # The insert and the dead-letter acknowledgement block: off the event loop.
+    return await run_in_threadpool(_connector_sink().handle, request.headers, body)
