@@ -11,6 +11,7 @@ LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET) CLICKHOUSE_DSN=chdb://$(CUR
 PORT ?= 8080
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
+.PHONY: cluster-up cluster-down dev
 .DEFAULT_GOAL := help
 
 help:
@@ -21,6 +22,9 @@ help:
 	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
 	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
+	@echo "make cluster-up [OVERLAY=dev]   kind cluster, operators, secrets, image, overlay (docs/deployment.md)"
+	@echo "make dev     skaffold dev on that cluster, port-forwards to ingest, Kibana, ClickHouse"
+	@echo "make cluster-down       delete the kind cluster"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -82,3 +86,14 @@ token: $(VENV)/.synced $(DEV_SECRET)
 
 clean:
 	rm -rf $(VENV) .local/clickhouse .local/kafka
+
+# The kind cluster (infra/kind; needs Docker, kind, Helm, skaffold: docs/deployment.md).
+OVERLAY ?= dev
+cluster-up: setup
+	infra/kind/up.sh $(OVERLAY)
+
+cluster-down:
+	infra/kind/down.sh
+
+dev: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH skaffold dev --port-forward=user

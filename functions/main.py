@@ -67,6 +67,8 @@ def sink(event: CloudEvent) -> None:
 
 @functions_framework.aio.http
 async def sink_connector(request: Request) -> Response:
+    if request.method == "GET":
+        return _connector_sink().answer_probe(request.url.path)
     body = await request.body()
     # The insert and the dead-letter acknowledgement block: off the event loop.
     return await run_in_threadpool(_connector_sink().handle, request.headers, body)

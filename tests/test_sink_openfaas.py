@@ -24,6 +24,9 @@ from functions.sink.triggers.openfaas import ConnectorSink, NotAConnectorCall, c
 
 def _client(sink: ConnectorSink) -> TestClient:
     async def function(request: Request) -> Response:
+        # As functions/main.py dispatches the sink_connector target.
+        if request.method == "GET":
+            return sink.answer_probe(request.url.path)
         return sink.handle(request.headers, await request.body())
 
     return TestClient(_create_asgi_app_with_function(function, "http", True))
@@ -105,3 +108,9 @@ def test_a_base64_key_is_decoded() -> None:
     assert connector_record(headers, b"v").key == b"\x00\xffkey"
     with pytest.raises(NotAConnectorCall):
         connector_record({**headers, "x-kafka-key": "***"}, b"v")
+
+
+def test_openfaas_probes_are_answered(connector_client: TestClient) -> None:
+    assert connector_client.get("/healthz").json() == {"status": "alive"}
+    assert connector_client.get("/readyz").json() == {"status": "ready"}
+    assert connector_client.get("/other").status_code == 404
