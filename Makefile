@@ -7,7 +7,9 @@ UV := .local/uv/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 DEV_SECRET := .local/jwt-secret
-LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET) CLICKHOUSE_DSN=chdb://$(CURDIR)/.local/clickhouse
+# The embedded engine unless the environment names a ClickHouse server (Settings has no default).
+CLICKHOUSE_DSN ?= chdb://$(CURDIR)/.local/clickhouse
+LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET) CLICKHOUSE_DSN=$(CLICKHOUSE_DSN)
 PORT ?= 8080
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
