@@ -141,9 +141,15 @@ def test_cloudevent_sink_served_by_the_framework_stores_the_record(
     with serving("sink", env, log) as base:
         stored = httpx.post(base, content=value, headers=headers)
         poison = httpx.post(base, content=b"{", headers=headers)
+        not_an_event = httpx.post(base, content=value, headers={"content-type": "text/plain"})
+        probes = [httpx.get(f"{base}{path}").status_code for path in ("/healthz", "/readyz")]
     assert stored.status_code == 200, stored.text
     assert poison.status_code == 422
     assert poison.headers["content-type"] == "application/problem+json"
+    assert not_an_event.status_code == 400
+    assert not_an_event.headers["content-type"] == "application/problem+json"
+    # The platform's probes are answered on GET, which the framework's CloudEvent routes refuse.
+    assert probes == [200, 200]
     # The worker logs JSON lines, as the rest of the project does (shipped to ELK as they are).
     logged = [orjson.loads(line) for line in log.read_bytes().splitlines() if line[:1] == b"{"]
     assert any(entry.get("message") == "poison record rejected" for entry in logged), logged

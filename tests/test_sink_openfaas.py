@@ -19,6 +19,7 @@ from clickhouse.store import ViewStore
 from functions.errors import StoreUnavailable
 from functions.settings import Settings
 from functions.sink.dlq import DeadLetterPublisher
+from functions.sink.triggers.health import serving_probe_answer
 from functions.sink.triggers.openfaas import ConnectorSink, NotAConnectorCall, connector_record
 
 
@@ -26,7 +27,8 @@ def _client(sink: ConnectorSink) -> TestClient:
     async def function(request: Request) -> Response:
         # As functions/main.py dispatches the sink_connector target.
         if request.method == "GET":
-            return sink.answer_probe(request.url.path)
+            status, body, content_type = serving_probe_answer(request.url.path)
+            return Response(body, status_code=status, media_type=content_type)
         return sink.handle(request.headers, await request.body())
 
     return TestClient(_create_asgi_app_with_function(function, "http", True))

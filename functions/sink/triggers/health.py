@@ -25,7 +25,7 @@ import orjson
 
 from functions.problems import PROBLEM_CONTENT_TYPE, problem_body
 
-__all__ = ["HealthServer", "PollingLoop", "probe_answer"]
+__all__ = ["HealthServer", "PollingLoop", "probe_answer", "serving_probe_answer"]
 
 
 class PollingLoop(Protocol):
@@ -50,6 +50,17 @@ def probe_answer(
             return _problem(HTTPStatus.SERVICE_UNAVAILABLE, "the poll loop has not started")
         return _ok("ready")
     return _problem(HTTPStatus.NOT_FOUND, f"no probe at {path}")
+
+
+def serving_probe_answer(path: str) -> tuple[HTTPStatus, bytes, str]:
+    """The probes of a sink trigger served by functions-framework (KafkaSource, kafka-connector):
+    the process answers. Neither follows ClickHouse: the platform retries our 503s, which is
+    the back-pressure wanted, and taking every pod out would only turn them into its own
+    errors."""
+    probes = {"/healthz": "alive", "/readyz": "ready"}
+    if path not in probes:
+        return _problem(HTTPStatus.NOT_FOUND, f"no probe at {path}")
+    return _ok(probes[path])
 
 
 def _ok(status: str) -> tuple[HTTPStatus, bytes, str]:

@@ -13,8 +13,8 @@ record is safe:
   docs/deployment.md says which trigger to pick when an outage must lose nothing);
 - 400 problem: not a kafka-connector call.
 
-``GET /healthz`` and ``GET /readyz`` answer OpenFaaS's probes: the process serves. Readiness
-does not follow ClickHouse, for the same reason as everywhere else (docs/deployment.md, "Probes").
+``GET /healthz`` and ``GET /readyz`` (OpenFaaS's probes) are answered by ``functions/main.py``
+with ``health.serving_probe_answer``.
 """
 
 from __future__ import annotations
@@ -86,13 +86,6 @@ class ConnectorSink:
         self._max_record_bytes = settings.sink_max_record_bytes
         self._writer_factory = writer_factory
         self._dead_letters = dead_letters
-
-    def answer_probe(self, path: str) -> Response:
-        """The answer to OpenFaaS's liveness (``/healthz``) and readiness (``/readyz``) probes."""
-        probes = {"/healthz": "alive", "/readyz": "ready"}
-        if path not in probes:
-            return problem_response(404, f"no probe at {path}; records are POSTed")
-        return _answer(probes[path])
 
     def handle(self, headers: Mapping[str, str], body: bytes) -> Response:
         try:
