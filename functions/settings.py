@@ -185,7 +185,7 @@ class Settings(BaseSettings):
     sink_retry_max_ms: int = Field(10_000, ge=1, description="Cap of the insert back-off.")
     health_port: int | None = Field(
         None,
-        ge=0,
+        ge=1,
         le=65535,
         description="Port of the consumer loop's probes (`python -m functions.sink`): `/healthz` "
         "fails once the loop stops polling, `/readyz` answers once it has started. Unset: no "
@@ -291,9 +291,10 @@ def markdown_table() -> str:
     for name, field in Settings.model_fields.items():
         # Paths inside the checkout are shown relative to it, so the table is the same anywhere.
         shown = str(field.default).replace(str(LOCAL_STATE_DIR.parent), "<checkout>")
-        default = "(none)" if field.default is None else f"`{shown}`"
         if field.is_required():
             default = "(required)"
+        else:
+            default = "(none)" if field.default is None else f"`{shown}`"
         rows.append(f"| `{name.upper()}` | {default} | {field.description} |")
     return "\n".join(rows)
 
