@@ -1,6 +1,7 @@
 # One image for every function; what a container runs is chosen by its manifest:
 #   FUNCTION_TARGET=ingest  (default command)   HTTP ingest, functions-framework ASGI
 #   FUNCTION_TARGET=sink    (default command)   KafkaSource CloudEvent sink
+#   FUNCTION_TARGET=sink_connector (default)    OpenFaaS Pro kafka-connector sink
 #   command: python -m functions.sink           consumer-group sink (KEDA)
 #   command: python -m clickhouse.migrate       schema migration (Job)
 # Dependencies come from uv.lock, exactly (uv sync --frozen), without the dev group and without

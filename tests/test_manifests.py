@@ -411,3 +411,14 @@ def test_openfaas_stack_matches_the_function_resources() -> None:
     for name, spec in functions.items():
         for field in ("environment", "labels", "annotations", "secrets", "requests", "limits"):
             assert stack[name][field] == spec[field], f"{name}: {field}"
+
+
+def test_image_installs_without_the_embedded_engine() -> None:
+    dockerfile = (repo_root() / "Dockerfile").read_text()
+    syncs = re.findall(r"^RUN uv sync .*$", dockerfile, re.MULTILINE)
+    assert syncs
+    assert all("--no-dev" in sync and "--no-group local" in sync for sync in syncs)
+    project = tomllib.loads((repo_root() / "pyproject.toml").read_text())
+    engine = {"chdb", "pandas", "pyarrow", "numpy"}
+    assert not {re.split(r"[=<>\[]", dep)[0] for dep in project["project"]["dependencies"]} & engine
+    assert any(dep.startswith("chdb==") for dep in project["dependency-groups"]["local"])
