@@ -7,10 +7,13 @@ UV := .local/uv/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 DEV_SECRET := .local/jwt-secret
-LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
+# The embedded engine unless the environment names a ClickHouse server (Settings has no default).
+CLICKHOUSE_DSN ?= chdb://$(CURDIR)/.local/clickhouse
+LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET) CLICKHOUSE_DSN=$(CLICKHOUSE_DSN)
 PORT ?= 8080
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
+.PHONY: cluster-up cluster-down dev
 .DEFAULT_GOAL := help
 
 help:
@@ -22,6 +25,9 @@ help:
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
 	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
 	@echo "make diagrams           render docs/architecture/*.puml to the SVGs shown in the docs"
+	@echo "make cluster-up [OVERLAY=dev]   kind cluster, operators, secrets, image, overlay (docs/deployment.md)"
+	@echo "make dev     skaffold dev on that cluster, port-forwards to ingest, Kibana, ClickHouse"
+	@echo "make cluster-down       delete the kind cluster"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -102,3 +108,13 @@ $(PLANTUML_JAR):
 diagrams: $(PLANTUML_JAR)
 	@echo "rendering $(wildcard docs/architecture/*.puml)"
 	@java -Djava.awt.headless=true -jar $(PLANTUML_JAR) -tsvg docs/architecture/*.puml
+# The kind cluster (infra/kind; needs Docker, kind, Helm, skaffold: docs/deployment.md).
+OVERLAY ?= dev
+cluster-up: setup
+	infra/kind/up.sh $(OVERLAY)
+
+cluster-down:
+	infra/kind/down.sh
+
+dev: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH skaffold dev --port-forward=user

@@ -1,7 +1,7 @@
 """ClickHouse: the store, every query, the migrations and their runner.
 
-The defaults of a local run live here, where the functions' settings and the migration runner
-both read them without importing the driver.
+The defaults live here, where the functions' settings (the database) and the migration runner
+(the database, and the local run's embedded engine) read them without importing the driver.
 """
 
 from pathlib import Path

@@ -2,6 +2,10 @@
 
 - ``ingest``: the HTTP API (ASGI): ``functions-framework --target ingest --asgi``.
 - ``sink``: the KafkaSource CloudEvent trigger: ``functions-framework --target sink --asgi``.
+- ``sink_connector``: the OpenFaaS Pro kafka-connector trigger (one record per HTTP call).
+
+Both sink targets are HTTP functions so that they answer the platform's probes on GET
+(``/healthz``, ``/readyz``); functions-framework serves a CloudEvent function on POST only.
 
 The KEDA-style consumer loop is ``python -m functions.sink``; ``python -m functions.local`` hosts
 the ingest function and that loop in one process for local runs.
@@ -12,14 +16,22 @@ from __future__ import annotations
 from functools import lru_cache
 
 import functions_framework.aio
-from cloudevents.http.event import CloudEvent
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from functions.bootstrap import REQUEST_GC_THRESHOLD, start
 from functions.http.app import IngestApi
 from functions.runtime import get_producer, get_store
+from functions.settings import get_settings
+from functions.sink.dlq import DeadLetterPublisher
 from functions.sink.triggers.cloudevent import CloudEventSink
+from functions.sink.triggers.health import serving_probe_answer
+from functions.sink.triggers.openfaas import ConnectorSink
+
+# Read when functions-framework imports this module (in the gunicorn master, before it forks):
+# a pod with a missing or wrong setting exits at start with one line, not at its first request.
+get_settings()
 
 
 # Built on the first call in each worker (after gunicorn forked it), which is also when the
@@ -36,13 +48,39 @@ def _cloud_event_sink() -> CloudEventSink:
     return start(lambda settings: CloudEventSink(settings, get_store), REQUEST_GC_THRESHOLD)
 
 
+@lru_cache(maxsize=1)
+def _connector_sink() -> ConnectorSink:
+    return start(
+        lambda settings: ConnectorSink(settings, get_store, DeadLetterPublisher(settings)),
+        REQUEST_GC_THRESHOLD,
+    )
+
+
 @functions_framework.aio.http
 async def ingest(request: Request) -> Response:
     return await _ingest_api().handle(request)
 
 
-@functions_framework.aio.cloud_event
-def sink(event: CloudEvent) -> None:
-    # A plain function: functions-framework runs it in a worker thread, off the event loop,
-    # which is where a blocking ClickHouse insert belongs.
-    _cloud_event_sink().handle_event(event)
+def _probe(request: Request) -> Response:
+    status, body, content_type = serving_probe_answer(request.url.path)
+    return Response(body, status_code=status, media_type=content_type)
+
+
+@functions_framework.aio.http
+async def sink(request: Request) -> Response:
+    if request.method == "GET":
+        return _probe(request)
+    body = await request.body()
+    # The insert blocks: on a worker thread, off the event loop. Its problems (4xx, 5xx) are
+    # raised as HTTPException and answered by Starlette.
+    await run_in_threadpool(_cloud_event_sink().handle_request, request.headers, body)
+    return Response("OK")
+
+
+@functions_framework.aio.http
+async def sink_connector(request: Request) -> Response:
+    if request.method == "GET":
+        return _probe(request)
+    body = await request.body()
+    # The insert and the dead-letter acknowledgement block: off the event loop.
+    return await run_in_threadpool(_connector_sink().handle, request.headers, body)

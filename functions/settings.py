@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from clickhouse import DEFAULT_DATABASE, LOCAL_DSN
+from clickhouse import DEFAULT_DATABASE
 from functions.events import MAX_MOVIE_TIME_OFFSET_MS
 
 __all__ = ["Settings", "get_settings"]
@@ -65,11 +65,16 @@ class Settings(BaseSettings):
 
     # --- ClickHouse --------------------------------------------------------------------------
     clickhouse_dsn: str = Field(
-        LOCAL_DSN,
         pattern=r"^(chdb:///|chdb://memory|https?://)",
-        description="`chdb:///<absolute dir>` for the embedded engine (one process per "
-        "directory) or `http(s)://user:password@host:port` for a ClickHouse server. "
-        "Default: `.local/clickhouse` of the checkout.",
+        description="Required (or `CLICKHOUSE_DSN_FILE`): `http(s)://user:password@host:port` "
+        "for a ClickHouse server, or `chdb:///<absolute dir>` for the embedded engine (the "
+        "`local` dependency group, not in the image; one process per directory). `make run` "
+        "sets `chdb://<checkout>/.local/clickhouse`.",
+    )
+    clickhouse_dsn_file: Path | None = Field(
+        None,
+        description="File holding the DSN (an OpenFaaS secret, a mounted Secret), read at start "
+        "when `CLICKHOUSE_DSN` is unset.",
     )
     clickhouse_database: str = Field(
         DEFAULT_DATABASE, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database of the tables."
@@ -178,6 +183,14 @@ class Settings(BaseSettings):
         200, ge=1, description="First back-off after a failed insert; doubles per failure."
     )
     sink_retry_max_ms: int = Field(10_000, ge=1, description="Cap of the insert back-off.")
+    health_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of the consumer loop's probes (`python -m functions.sink`): `/healthz` "
+        "fails once the loop stops polling, `/readyz` answers once it has started. Unset: no "
+        "probe server.",
+    )
 
     # --- Fault injection (tests and `make chaos` only; leave unset in a deployment) -----------
     sink_fault_point: SinkFaultPoint | None = Field(
@@ -204,6 +217,25 @@ class Settings(BaseSettings):
         "platform's ingress logs requests already, and a line per request is a measurable share "
         "of the ingest function's CPU (docs/benchmarks.md).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clickhouse_dsn_given(cls, data: Any) -> Any:
+        """The DSN from the environment, else from ``CLICKHOUSE_DSN_FILE``; no silent default:
+        a pod whose Secret is missing must not start against some other database."""
+        if not isinstance(data, dict) or data.get("clickhouse_dsn"):
+            return data
+        dsn_file = data.get("clickhouse_dsn_file")
+        if not dsn_file:
+            raise ValueError(
+                "CLICKHOUSE_DSN (or CLICKHOUSE_DSN_FILE) is not set: give "
+                "http(s)://user:password@host:8123, or chdb:///<dir> for the embedded engine"
+            )
+        try:
+            dsn = Path(dsn_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"CLICKHOUSE_DSN_FILE {dsn_file}: {exc.strerror}") from exc
+        return {**data, "clickhouse_dsn": dsn}
 
     @model_validator(mode="after")
     def _key_material_matches_algorithm(self) -> Settings:
@@ -234,8 +266,23 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, parsed from the environment on first use."""
-    return Settings()
+    """The process's settings, parsed from the environment on first use. Invalid settings end
+    the process with one line naming each variable and what is wrong, without its value (a DSN
+    or a secret must not reach the logs)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SystemExit(f"invalid configuration: {configuration_errors(exc)}") from None
+
+
+def configuration_errors(exc: ValidationError) -> str:
+    """The errors of a settings validation on one line, by environment variable name."""
+    described = []
+    for error in exc.errors(include_url=False, include_input=False):
+        name = ".".join(str(part) for part in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        described.append(f"{name}: {message}" if name else message)
+    return "; ".join(described)
 
 
 def markdown_table() -> str:
@@ -244,7 +291,10 @@ def markdown_table() -> str:
     for name, field in Settings.model_fields.items():
         # Paths inside the checkout are shown relative to it, so the table is the same anywhere.
         shown = str(field.default).replace(str(LOCAL_STATE_DIR.parent), "<checkout>")
-        default = "(none)" if field.default is None else f"`{shown}`"
+        if field.is_required():
+            default = "(required)"
+        else:
+            default = "(none)" if field.default is None else f"`{shown}`"
         rows.append(f"| `{name.upper()}` | {default} | {field.description} |")
     return "\n".join(rows)
 

@@ -21,6 +21,10 @@ from clickhouse.migrate import apply_migrations
 from clickhouse.store import ViewStore, connect
 from functions.settings import Settings
 
+# Settings has no DSN default (a deployment must name its database): tests that build Settings
+# from the environment and never open the store get the in-memory engine.
+os.environ.setdefault("CLICKHOUSE_DSN", "chdb://memory")
+
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:

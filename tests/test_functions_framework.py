@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import subprocess
 import sys
@@ -18,9 +19,9 @@ import pytest
 from localkafka import LocalKafka, free_port
 from support import JWT_SECRET, bearer, consume_all, eventually, repo_root, view_record
 
-from functions import bootstrap, main
+from functions import bootstrap
 from functions.bootstrap import collect_cycles_rarely
-from functions.settings import Settings
+from functions.settings import Settings, get_settings
 
 FRAMEWORK = str(Path(sys.executable).parent / "functions-framework")
 
@@ -140,9 +141,15 @@ def test_cloudevent_sink_served_by_the_framework_stores_the_record(
     with serving("sink", env, log) as base:
         stored = httpx.post(base, content=value, headers=headers)
         poison = httpx.post(base, content=b"{", headers=headers)
+        not_an_event = httpx.post(base, content=value, headers={"content-type": "text/plain"})
+        probes = [httpx.get(f"{base}{path}").status_code for path in ("/healthz", "/readyz")]
     assert stored.status_code == 200, stored.text
     assert poison.status_code == 422
     assert poison.headers["content-type"] == "application/problem+json"
+    assert not_an_event.status_code == 400
+    assert not_an_event.headers["content-type"] == "application/problem+json"
+    # The platform's probes are answered on GET, which the framework's CloudEvent routes refuse.
+    assert probes == [200, 200]
     # The worker logs JSON lines, as the rest of the project does (shipped to ELK as they are).
     logged = [orjson.loads(line) for line in log.read_bytes().splitlines() if line[:1] == b"{"]
     assert any(entry.get("message") == "poison record rejected" for entry in logged), logged
@@ -171,11 +178,17 @@ def test_each_function_worker_collects_cycles_rarely(
     monkeypatch.setattr(bootstrap, "get_settings", lambda: settings)
     monkeypatch.setattr(bootstrap, "configure_logging", lambda _settings: None)
     monkeypatch.setattr(bootstrap, "collect_cycles_rarely", thresholds.append)
-    for build in (main._ingest_api, main._cloud_event_sink):
+    # functions/main.py reads the settings when imported, as in a pod: give it a valid environment.
+    monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
+    try:
+        main = importlib.import_module("functions.main")
+    finally:
+        get_settings.cache_clear()
+    for build in (main._ingest_api, main._cloud_event_sink, main._connector_sink):
         build.cache_clear()
         build()
         build.cache_clear()
-    assert thresholds == [50_000, 50_000]
+    assert thresholds == [50_000, 50_000, 50_000]
 
 
 def test_collect_cycles_rarely_freezes_start_up_objects_and_raises_the_threshold() -> None:

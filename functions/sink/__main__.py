@@ -7,16 +7,23 @@ commit what was stored and leave the consumer group. ``SINK_FAULT_POINT`` and
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 from functions.bootstrap import BATCH_GC_THRESHOLD, start
+from functions.kafka_config import consumer_config
 from functions.runtime import get_store
-from functions.settings import Settings
+from functions.settings import Settings, get_settings
 from functions.sink.core import ViewsWriter
 from functions.sink.faults import FaultInjectingWriter
 from functions.sink.triggers.consumer import BatchConsumer
+from functions.sink.triggers.health import HealthServer
+
+# librdkafka's default: a member that has not polled for this long has left its group.
+_DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 
 
 def _consumer(settings: Settings) -> BatchConsumer:
@@ -29,6 +36,23 @@ def _consumer(settings: Settings) -> BatchConsumer:
     return BatchConsumer(settings, writer)
 
 
+@contextlib.contextmanager
+def _probes(settings: Settings, consumer: BatchConsumer) -> Iterator[None]:
+    """The liveness and readiness server while the loop runs, when ``HEALTH_PORT`` is set."""
+    if settings.health_port is None:
+        yield
+        return
+    max_poll_ms = consumer_config(settings).get(
+        "max.poll.interval.ms", _DEFAULT_MAX_POLL_INTERVAL_MS
+    )
+    server = HealthServer(consumer, settings.health_port, stall_seconds=max_poll_ms / 1000)
+    server.start()
+    try:
+        yield
+    finally:
+        server.stop()
+
+
 def main() -> None:
     stop = threading.Event()
 
@@ -37,7 +61,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    start(_consumer, BATCH_GC_THRESHOLD).run(stop)
+    consumer = start(_consumer, BATCH_GC_THRESHOLD)
+    with _probes(get_settings(), consumer):
+        consumer.run(stop)
 
 
 if __name__ == "__main__":

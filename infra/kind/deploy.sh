@@ -10,6 +10,11 @@ source "$(dirname "$0")/lib.sh"
 require docker kind
 overlay=${1:-dev}
 [[ -d "$REPO_ROOT/k8s/overlays/$overlay" ]] || { echo "no overlay k8s/overlays/$overlay" >&2; exit 2; }
+if [[ "$overlay" != dev* ]]; then
+  # prod pulls a versioned image from a registry and runs three brokers and a ClickHouse cluster.
+  echo "$overlay is not for kind: deploy it with skaffold run -p prod (docs/deployment.md)" >&2
+  exit 2
+fi
 if [[ "$overlay" == dev-openfaas ]] && ! kubectl get crd functions.openfaas.com >/dev/null 2>&1; then
   echo "dev-openfaas needs OpenFaaS with its Function CRD (operator mode) in the cluster" >&2
   exit 1

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
+from cloudevents.exceptions import GenericException as CloudEventError
+from cloudevents.http import from_http
 from cloudevents.http.event import CloudEvent
 from starlette.exceptions import HTTPException
 
@@ -78,6 +80,14 @@ class CloudEventSink:
     def __init__(self, settings: Settings, writer_factory: Callable[[], ViewsWriter]) -> None:
         self._settings = settings
         self._writer_factory = writer_factory
+
+    def handle_request(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Store the record of a CloudEvent in HTTP form (binary or structured mode)."""
+        try:
+            event = from_http(headers, body)
+        except CloudEventError as exc:
+            raise _problem(400, f"not a CloudEvent: {exc}") from exc
+        self.handle_event(event)
 
     def handle_event(self, event: CloudEvent) -> None:
         """Store the event's record; raise an ``HTTPException`` with a problem otherwise."""

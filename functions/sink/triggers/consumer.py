@@ -66,6 +66,8 @@ class BatchConsumer:
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-store")
         self._in_flight: tuple[Batch, Future[BatchResult]] | None = None
         self._backoff_seconds = 0.0
+        # When the loop last polled (time.monotonic), read by the liveness probe (health.py).
+        self.last_poll_at: float | None = None
         self.batches_committed = 0
         self.records_stored = 0
         self.records_dead_lettered = 0
@@ -113,12 +115,14 @@ class BatchConsumer:
         """Poll until the buffer holds a full batch, its wait time has passed, or a stop is
         requested; or, with nothing read yet, until the batch in flight is stored (so that it
         is committed without waiting for more records)."""
+        self.last_poll_at = time.monotonic()
         max_records = self._settings.sink_batch_max_records
         window_seconds = self._settings.sink_batch_max_wait_ms / 1000
         deadline: float | None = None
         while len(self._buffer) < max_records and not stop.is_set():
             if not self._buffer and self._in_flight is not None and self._in_flight[1].done():
                 break
+            self.last_poll_at = time.monotonic()
             timeout = _POLL_SLICE_SECONDS
             if deadline is not None:
                 timeout = min(timeout, deadline - time.monotonic())
