@@ -3,9 +3,15 @@
 Files are named ``NNNN_description.sql`` and applied in version order; each applied version is
 recorded in ``<database>.schema_migrations`` with the file's checksum, and a recorded file whose
 text changed since is an error (write a new migration instead). ``{database}`` in a file is the
-target database. Run: ``python -m clickhouse.migrate [--dsn DSN] [--database NAME]``; each
-option falls back to ``CLICKHOUSE_DSN`` / ``CLICKHOUSE_DATABASE`` (the names the functions read),
-then to the local defaults. It reads nothing else, so it needs no other configuration.
+target database. Run: ``python -m clickhouse.migrate [--dsn DSN] [--database NAME]
+[--cluster NAME] [--print]``; each option falls back to ``CLICKHOUSE_DSN`` /
+``CLICKHOUSE_DATABASE`` / ``CLICKHOUSE_CLUSTER`` (the names the functions read), then to the local
+defaults. It reads nothing else, so it needs no other configuration.
+
+``--cluster`` renders the same files for a sharded, replicated cluster (``clickhouse/topology.py``)
+and records them in a replicated ``schema_migrations`` where a version is claimed before it runs,
+so that two runners cannot both apply it. ``--print`` connects to nothing: it writes every
+statement a run on an empty database would send, each followed by a line holding only ``;``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import argparse
 import hashlib
 import os
 import re
+import secrets
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +31,16 @@ from clickhouse_connect.driver.client import Client
 
 from clickhouse import DEFAULT_DATABASE, LOCAL_DSN, queries
 from clickhouse.store import connect
+from clickhouse.topology import Cluster, sharded_tables
 
-__all__ = ["MIGRATIONS_DIR", "Migration", "MigrationError", "apply_migrations", "load_migrations"]
+__all__ = [
+    "MIGRATIONS_DIR",
+    "Migration",
+    "MigrationError",
+    "Plan",
+    "apply_migrations",
+    "load_migrations",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -64,21 +80,93 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return [migrations[v] for v in sorted(migrations)]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The statements that bring a database of a topology up to date, before any is run."""
+
+    database: str
+    migrations: list[Migration]
+    cluster: Cluster | None
+    runner: str
+
+    @classmethod
+    def make(
+        cls, database: str, cluster: str | None = None, migrations: list[Migration] | None = None
+    ) -> Plan:
+        migrations = load_migrations() if migrations is None else migrations
+        topology = None
+        if cluster is not None:
+            every_statement = [s for m in migrations for s in m.statements(database)]
+            topology = Cluster(cluster, database, sharded_tables(every_statement))
+        # Who claims a version on a cluster: readable in schema_migrations, unique per run.
+        runner = re.sub(
+            r"[^a-z0-9-]", "-", f"{socket.gethostname().lower()}-{secrets.token_hex(4)}"
+        )
+        return cls(database, migrations, topology, runner)
+
+    def _format(self, statement: str, **values: object) -> str:
+        cluster = self.cluster.name if self.cluster else ""
+        return statement.format(db=self.database, cluster=cluster, runner=self.runner, **values)
+
+    def preamble(self) -> list[str]:
+        """The database and its ``schema_migrations`` table."""
+        if self.cluster is None:
+            return [
+                self._format(queries.CREATE_DATABASE),
+                self._format(queries.CREATE_MIGRATIONS_TABLE),
+            ]
+        return [
+            self._format(queries.CREATE_DATABASE_ON_CLUSTER),
+            self._format(queries.CREATE_CLUSTER_MIGRATIONS_TABLE),
+        ]
+
+    def statements(self, migration: Migration) -> list[str]:
+        """The migration's statements for this topology."""
+        written = migration.statements(self.database)
+        if self.cluster is None:
+            return written
+        return [rendered for statement in written for rendered in self.cluster.render(statement)]
+
+    def record(self, migration: Migration, statement: str) -> str:
+        return self._format(
+            statement, version=migration.version, name=migration.name, checksum=migration.checksum
+        )
+
+    def script(self) -> str:
+        """Every statement of a run on an empty database, each followed by a line ``;``."""
+        statements = list(self.preamble())
+        for migration in self.migrations:
+            if self.cluster is not None:
+                statements.append(self.record(migration, queries.CLAIM_MIGRATION))
+            statements += self.statements(migration)
+            recorded = (
+                queries.RECORD_MIGRATION
+                if self.cluster is None
+                else queries.RECORD_CLUSTER_MIGRATION
+            )
+            statements.append(self.record(migration, recorded))
+        return "".join(f"{statement}\n;\n" for statement in statements)
+
+
 def apply_migrations(
-    client: Client, database: str, migrations: list[Migration] | None = None
+    client: Client,
+    database: str,
+    migrations: list[Migration] | None = None,
+    cluster: str | None = None,
 ) -> list[Migration]:
     """Bring ``database`` up to date; returns the migrations applied now."""
-    migrations = load_migrations() if migrations is None else migrations
-    client.command(queries.CREATE_DATABASE.format(db=database))
-    client.command(queries.CREATE_MIGRATIONS_TABLE.format(db=database))
+    plan = Plan.make(database, cluster, migrations)
+    for statement in plan.preamble():
+        client.command(statement)
+    recorded_query = (
+        queries.RECORDED_MIGRATIONS if cluster is None else queries.RECORDED_CLUSTER_MIGRATIONS
+    )
     recorded = {
         int(version): checksum
-        for version, checksum in client.query(
-            queries.RECORDED_MIGRATIONS.format(db=database)
-        ).result_rows
+        for version, checksum in client.query(recorded_query.format(db=database)).result_rows
     }
     applied = []
-    for migration in migrations:
+    for migration in plan.migrations:
         if migration.version in recorded:
             if recorded[migration.version] != migration.checksum:
                 raise MigrationError(
@@ -86,15 +174,32 @@ def apply_migrations(
                     f" applied to {database}: add a new migration instead"
                 )
             continue
-        for statement in migration.statements(database):
+        if cluster is not None:
+            _claim(client, plan, migration)
+        for statement in plan.statements(migration):
             client.command(statement)
-        client.insert(
-            queries.MIGRATIONS_TABLE.format(db=database),
-            [[migration.version, migration.name, migration.checksum]],
-            column_names=["version", "name", "checksum"],
+        recorded_statement = (
+            queries.RECORD_MIGRATION if cluster is None else queries.RECORD_CLUSTER_MIGRATION
         )
+        client.command(plan.record(migration, recorded_statement))
         applied.append(migration)
     return applied
+
+
+def _claim(client: Client, plan: Plan, migration: Migration) -> None:
+    """Make this run the one that applies ``migration``, or fail naming the one that does."""
+    client.command(plan.record(migration, queries.CLAIM_MIGRATION))
+    claims = client.query(
+        queries.MIGRATION_CLAIMS.format(db=plan.database, version=migration.version)
+    ).result_rows
+    runner, claimed_at = claims[0]
+    if runner != plan.runner:
+        raise MigrationError(
+            f"migration {migration.version} ({migration.name}) of {plan.database} was claimed by"
+            f" {runner} at {claimed_at} and is not recorded as applied yet: another run is"
+            " applying it (retry later), or it died meanwhile (docs/clickhouse-cluster.md,"
+            " 'A new migration')"
+        )
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -111,12 +216,27 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("CLICKHOUSE_DATABASE", DEFAULT_DATABASE),
         help="the database to bring up to date (env CLICKHOUSE_DATABASE)",
     )
+    parser.add_argument(
+        "--cluster",
+        default=os.environ.get("CLICKHOUSE_CLUSTER") or None,
+        help="render for this cluster of the servers' remote_servers (env CLICKHOUSE_CLUSTER)",
+    )
+    parser.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_only",
+        help="write the statements instead of running them; connects to nothing",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
-    applied = apply_migrations(connect(arguments.dsn), arguments.database)
+    if arguments.print_only:
+        sys.stdout.write(Plan.make(arguments.database, arguments.cluster).script())
+        return
+    client = connect(arguments.dsn)
+    applied = apply_migrations(client, arguments.database, cluster=arguments.cluster)
     for migration in applied:
         sys.stdout.write(f"applied {migration.version:04d}_{migration.name}\n")
     sys.stdout.write(f"{arguments.database}: up to date\n")
