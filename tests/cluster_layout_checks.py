@@ -242,9 +242,9 @@ def test_an_insert_waits_for_the_shards_and_unreachable_shards_mean_unavailable(
     cannot take rows now, so the sink rewinds and retries the batch with the same token."""
     store = _cluster_store(client, shards)
     record = view_record(uuid.uuid4(), uuid.uuid4(), 1, datetime(2026, 11, 1, tzinfo=UTC))
-    with pytest.raises(StoreUnavailable, match="ALL_CONNECTION_TRIES_FAILED|Connection refused"):
+    with pytest.raises(StoreUnavailable, match="ALL_CONNECTION_TRIES_FAILED"):
         store.insert_views([record], "t1")
-    with pytest.raises(StoreUnavailable, match="ALL_CONNECTION_TRIES_FAILED|Connection refused"):
+    with pytest.raises(StoreUnavailable, match="ALL_CONNECTION_TRIES_FAILED"):
         store.insert_canonical_lines(record.to_kafka()[1] + b"\n", "t2")
     # Nothing was queued on the local disk for a later background send.
     pending = client.query(
