@@ -11,8 +11,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from support import repo_root
 
 from clickhouse.migrate import Migration, Plan, load_migrations
@@ -114,3 +116,66 @@ def test_the_cluster_layout_runs_on_the_engine(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+def _prod_documents() -> list[dict[str, Any]]:
+    kubectl = Path(sys.executable).with_name("kubectl")
+    rendered = subprocess.run(
+        [str(kubectl), "kustomize", str(repo_root() / "k8s" / "overlays" / "prod")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [document for document in yaml.safe_load_all(rendered) if document]
+
+
+def test_the_cluster_manifests_agree_with_each_other_and_the_engine_of_the_tests(
+    store: ViewStore,
+) -> None:
+    documents = _prod_documents()
+    by_kind = {document["kind"]: document for document in documents}
+    installation, keeper = (
+        by_kind["ClickHouseInstallation"],
+        by_kind["ClickHouseKeeperInstallation"],
+    )
+    (cluster,) = installation["spec"]["configuration"]["clusters"]
+    assert cluster["layout"] == {"shardsCount": 2, "replicasCount": 2}
+    (keeper_cluster,) = keeper["spec"]["configuration"]["clusters"]
+    assert keeper_cluster["layout"]["replicasCount"] == 3
+    # The operator names the Keeper's client service keeper-<name>.
+    (node,) = installation["spec"]["configuration"]["zookeeper"]["nodes"]
+    assert node == {"host": f"keeper-{keeper['metadata']['name']}", "port": 2181}
+    # One name for the cluster: the installation's, the Job's argument, the functions' setting.
+    job = by_kind["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert job["command"] + job["args"] == [
+        "python",
+        "-m",
+        "clickhouse.migrate",
+        "--cluster",
+        cluster["name"],
+    ]
+    settings = by_kind["ConfigMap"]["data"]
+    assert settings["CLICKHOUSE_CLUSTER"] == cluster["name"]
+    # Images pinned to the engine version the tests run.
+    version = str(store.client.query("SELECT version()").result_rows[0][0])
+    engine = ".".join(version.split(".")[:2])
+        chdb.query("SELECT version()", "CSV").bytes().decode().strip('"\n').split(".")[:2]
+    )
+    images = [
+        container["image"]
+        for document in (installation, keeper)
+        for template in document["spec"]["templates"]["podTemplates"]
+        for container in template["spec"]["containers"]
+    ]
+    assert images and all(image.endswith(f":{engine}") for image in images)
+    # Our budgets select the operators' pods, and the operators make none of their own.
+    budgets = {
+        tuple(sorted(d["spec"]["selector"]["matchLabels"].items()))
+        for d in documents
+        if d["kind"] == "PodDisruptionBudget"
+    }
+    assert budgets == {
+        (("clickhouse.altinity.com/chi", installation["metadata"]["name"]),),
+        (("clickhouse-keeper.altinity.com/chk", keeper["metadata"]["name"]),),
+    }
+    assert cluster["pdbManaged"] == keeper_cluster["pdbManaged"] == "no"
