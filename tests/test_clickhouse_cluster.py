@@ -159,8 +159,6 @@ def test_the_cluster_manifests_agree_with_each_other_and_the_engine_of_the_tests
     # Images pinned to the engine version the tests run.
     version = str(store.client.query("SELECT version()").result_rows[0][0])
     engine = ".".join(version.split(".")[:2])
-        chdb.query("SELECT version()", "CSV").bytes().decode().strip('"\n').split(".")[:2]
-    )
     images = [
         container["image"]
         for document in (installation, keeper)
