@@ -10,7 +10,8 @@ defaults. It reads nothing else, so it needs no other configuration.
 
 ``--cluster`` renders the same files for a sharded, replicated cluster (``clickhouse/topology.py``)
 and records them in a replicated ``schema_migrations`` where a version is claimed before it runs,
-so that two runners cannot both apply it. ``--print`` connects to nothing: it writes every
+so that two runners cannot both apply it. ``--views-ttl-days N`` then sets how long raw events
+are kept (env ``CLICKHOUSE_VIEWS_TTL_DAYS``; 0: forever). ``--print`` connects to nothing: it writes every
 statement a run on an empty database would send, each followed by a line holding only ``;``.
 """
 
@@ -31,7 +32,7 @@ from clickhouse_connect.driver.client import Client
 
 from clickhouse import DEFAULT_DATABASE, LOCAL_DSN, queries
 from clickhouse.store import connect
-from clickhouse.topology import Cluster, sharded_tables
+from clickhouse.topology import LOCAL_SUFFIX, Cluster, sharded_tables
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -132,6 +133,16 @@ class Plan:
             statement, version=migration.version, name=migration.name, checksum=migration.checksum
         )
 
+    def retention(self, days: int) -> str:
+        """The statement keeping ``days`` days of raw events (by ``event_time``); 0 keeps all."""
+        table = f"{self.database}.views"
+        on_cluster = ""
+        if self.cluster is not None:
+            table, on_cluster = f"{table}{LOCAL_SUFFIX}", f"{self.cluster.on_cluster} "
+        if days == 0:
+            return queries.VIEWS_WITHOUT_TTL.format(table=table, on_cluster=on_cluster)
+        return queries.VIEWS_TTL.format(table=table, on_cluster=on_cluster, days=days)
+
     def script(self) -> str:
         """Every statement of a run on an empty database, each followed by a line ``;``."""
         statements = list(self.preamble())
@@ -202,6 +213,22 @@ def _claim(client: Client, plan: Plan, migration: Migration) -> None:
         )
 
 
+def set_retention(client: Client, plan: Plan, days: int) -> bool:
+    """Keep ``days`` days of raw events; True when the table's TTL had to change.
+
+    Changing a TTL rewrites the TTL information of every part, so an unchanged one is left alone.
+    """
+    table = "views" if plan.cluster is None else f"views{LOCAL_SUFFIX}"
+    rows = client.query(
+        queries.TABLE_ENGINE, parameters={"db": plan.database, "table": table}
+    ).result_rows
+    current = re.search(r"\bTTL toDateTime\(event_time\) \+ toIntervalDay\((\d+)\)", rows[0][0])
+    if (int(current.group(1)) if current else 0) == days:
+        return False
+    client.command(plan.retention(days))
+    return True
+
+
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m clickhouse.migrate", description=__doc__.split("\n\n")[0]
@@ -222,6 +249,13 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="render for this cluster of the servers' remote_servers (env CLICKHOUSE_CLUSTER)",
     )
     parser.add_argument(
+        "--views-ttl-days",
+        type=int,
+        default=os.environ.get("CLICKHOUSE_VIEWS_TTL_DAYS"),
+        help="keep this many days of raw events (by event_time; 0: all); unset: leave the TTL"
+        " as it is (env CLICKHOUSE_VIEWS_TTL_DAYS)",
+    )
+    parser.add_argument(
         "--print",
         action="store_true",
         dest="print_only",
@@ -232,13 +266,18 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
+    plan = Plan.make(arguments.database, arguments.cluster)
+    days = arguments.views_ttl_days
     if arguments.print_only:
-        sys.stdout.write(Plan.make(arguments.database, arguments.cluster).script())
+        retention = [] if days is None else [f"{plan.retention(days)}\n;\n"]
+        sys.stdout.write(plan.script() + "".join(retention))
         return
     client = connect(arguments.dsn)
     applied = apply_migrations(client, arguments.database, cluster=arguments.cluster)
     for migration in applied:
         sys.stdout.write(f"applied {migration.version:04d}_{migration.name}\n")
+    if days is not None and set_retention(client, plan, days):
+        sys.stdout.write(f"views: keeps {days or 'all'} days of events\n")
     sys.stdout.write(f"{arguments.database}: up to date\n")
 
 

@@ -25,7 +25,10 @@ __all__ = [
     "RECORDED_MIGRATIONS",
     "RECORD_CLUSTER_MIGRATION",
     "RECORD_MIGRATION",
+    "TABLE_ENGINE",
     "VIEWS_TABLE",
+    "VIEWS_TTL",
+    "VIEWS_WITHOUT_TTL",
     "VIEW_COLUMNS",
 ]
 
@@ -122,4 +125,15 @@ MIGRATION_CLAIMS = (
     "SELECT runner, applied_at FROM {db}.schema_migrations"
     " WHERE version = {version} AND state = 'claimed'"
     " SETTINGS select_sequential_consistency = 1"
+)
+
+# Retention of the raw events (python -m clickhouse.migrate --views-ttl-days): {table} is views on
+# one server, views_local on a cluster; {on_cluster} is empty or "ON CLUSTER '<name>' ". Parts
+# are months (PARTITION BY toYYYYMM(event_time)), so expired months are dropped whole.
+VIEWS_TTL = (
+    "ALTER TABLE {table} {on_cluster}MODIFY TTL toDateTime(event_time) + INTERVAL {days} DAY"
+)
+VIEWS_WITHOUT_TTL = "ALTER TABLE {table} {on_cluster}REMOVE TTL"
+TABLE_ENGINE = (
+    "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {table:String}"
 )

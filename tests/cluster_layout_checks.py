@@ -33,7 +33,7 @@ from clickhouse_connect.driver.client import Client
 from support import view_record
 
 from clickhouse import queries
-from clickhouse.migrate import MigrationError, Plan, apply_migrations
+from clickhouse.migrate import MigrationError, Plan, apply_migrations, set_retention
 from clickhouse.store import ViewStore
 from clickhouse.topology import LOCAL_SUFFIX, SHARDING_KEY
 from functions.errors import RecordsRefused, StoreUnavailable
@@ -108,6 +108,14 @@ def test_every_rendered_statement_runs_without_keeper(client: Client, shards: li
     assert client.query("SELECT count() FROM system.clusters WHERE cluster = 'movies'").result_rows[
         0
     ][0] == len(SHARDS)
+
+
+def test_retention_is_set_on_the_local_tables(client: Client, shards: list[str]) -> None:
+    plan = Plan.make(shards[1], CLUSTER)
+    assert "ON CLUSTER 'movies'" in plan.retention(30)
+    assert set_retention(WithoutKeeper(client), plan, 30)  # type: ignore[arg-type]
+    assert not set_retention(WithoutKeeper(client), plan, 30)  # type: ignore[arg-type]
+    assert set_retention(WithoutKeeper(client), plan, 0)  # type: ignore[arg-type]
 
 
 def test_a_version_claimed_by_another_run_is_not_applied_again(client: Client) -> None:
