@@ -11,8 +11,8 @@ defaults. It reads nothing else, so it needs no other configuration.
 ``--cluster`` renders the same files for a sharded, replicated cluster (``clickhouse/topology.py``)
 and records them in a replicated ``schema_migrations`` where a version is claimed before it runs,
 so that two runners cannot both apply it. ``--views-ttl-days N`` then sets how long raw events
-are kept (env ``CLICKHOUSE_VIEWS_TTL_DAYS``; 0: forever). ``--print`` connects to nothing: it writes every
-statement a run on an empty database would send, each followed by a line holding only ``;``.
+are kept (env ``CLICKHOUSE_VIEWS_TTL_DAYS``; 0: forever). ``--print`` connects to nothing: it
+writes every statement a run on an empty database would send, each followed by a line ``;``.
 """
 
 from __future__ import annotations
