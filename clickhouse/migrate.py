@@ -203,6 +203,12 @@ def _claim(client: Client, plan: Plan, migration: Migration) -> None:
     claims = client.query(
         queries.MIGRATION_CLAIMS.format(db=plan.database, version=migration.version)
     ).result_rows
+    if not claims:
+        raise MigrationError(
+            f"migration {migration.version} ({migration.name}) of {plan.database}: the claim was"
+            " dropped as a repeat of a claim deleted since (docs/clickhouse-cluster.md,"
+            " 'A new migration')"
+        )
     runner, claimed_at = claims[0]
     if runner != plan.runner:
         raise MigrationError(

@@ -91,6 +91,9 @@ CLUSTER_INSERT_SETTINGS: dict[str, str | int] = {
     "distributed_foreground_insert": 1,
     "insert_quorum": "auto",
     "insert_quorum_parallel": 1,
+    # A replica that just died still counts as alive until its Keeper session expires; a quorum
+    # insert then waits for it. A minute (default: ten) bounds the wait before the sink retries.
+    "insert_quorum_timeout": 60_000,
 }
 # A position is one viewer's: the sharding key names the one shard that can hold it.
 CLUSTER_POSITION_SETTINGS: dict[str, str | int] = {"optimize_skip_unused_shards": 1}
