@@ -133,12 +133,32 @@ class Plan:
             statement, version=migration.version, name=migration.name, checksum=migration.checksum
         )
 
+    def applied(self, migration: Migration) -> str:
+        """The statement recording ``migration`` as applied."""
+        recorded = (
+            queries.RECORD_MIGRATION if self.cluster is None else queries.RECORD_CLUSTER_MIGRATION
+        )
+        return self.record(migration, recorded)
+
+    @property
+    def recorded(self) -> str:
+        """The query of the applied versions and their checksums."""
+        query = (
+            queries.RECORDED_MIGRATIONS
+            if self.cluster is None
+            else queries.RECORDED_CLUSTER_MIGRATIONS
+        )
+        return query.format(db=self.database)
+
+    @property
+    def views_table(self) -> str:
+        """The table holding the raw events on each server."""
+        return "views" if self.cluster is None else f"views{LOCAL_SUFFIX}"
+
     def retention(self, days: int) -> str:
         """The statement keeping ``days`` days of raw events (by ``event_time``); 0 keeps all."""
-        table = f"{self.database}.views"
-        on_cluster = ""
-        if self.cluster is not None:
-            table, on_cluster = f"{table}{LOCAL_SUFFIX}", f"{self.cluster.on_cluster} "
+        table = f"{self.database}.{self.views_table}"
+        on_cluster = "" if self.cluster is None else f"{self.cluster.on_cluster} "
         if days == 0:
             return queries.VIEWS_WITHOUT_TTL.format(table=table, on_cluster=on_cluster)
         return queries.VIEWS_TTL.format(table=table, on_cluster=on_cluster, days=days)
@@ -149,13 +169,7 @@ class Plan:
         for migration in self.migrations:
             if self.cluster is not None:
                 statements.append(self.record(migration, queries.CLAIM_MIGRATION))
-            statements += self.statements(migration)
-            recorded = (
-                queries.RECORD_MIGRATION
-                if self.cluster is None
-                else queries.RECORD_CLUSTER_MIGRATION
-            )
-            statements.append(self.record(migration, recorded))
+            statements += [*self.statements(migration), self.applied(migration)]
         return "".join(f"{statement}\n;\n" for statement in statements)
 
 
@@ -169,12 +183,8 @@ def apply_migrations(
     plan = Plan.make(database, cluster, migrations)
     for statement in plan.preamble():
         client.command(statement)
-    recorded_query = (
-        queries.RECORDED_MIGRATIONS if cluster is None else queries.RECORDED_CLUSTER_MIGRATIONS
-    )
     recorded = {
-        int(version): checksum
-        for version, checksum in client.query(recorded_query.format(db=database)).result_rows
+        int(version): checksum for version, checksum in client.query(plan.recorded).result_rows
     }
     applied = []
     for migration in plan.migrations:
@@ -189,10 +199,7 @@ def apply_migrations(
             _claim(client, plan, migration)
         for statement in plan.statements(migration):
             client.command(statement)
-        recorded_statement = (
-            queries.RECORD_MIGRATION if cluster is None else queries.RECORD_CLUSTER_MIGRATION
-        )
-        client.command(plan.record(migration, recorded_statement))
+        client.command(plan.applied(migration))
         applied.append(migration)
     return applied
 
@@ -224,9 +231,8 @@ def set_retention(client: Client, plan: Plan, days: int) -> bool:
 
     Changing a TTL rewrites the TTL information of every part, so an unchanged one is left alone.
     """
-    table = "views" if plan.cluster is None else f"views{LOCAL_SUFFIX}"
     rows = client.query(
-        queries.TABLE_ENGINE, parameters={"db": plan.database, "table": table}
+        queries.TABLE_ENGINE, parameters={"db": plan.database, "table": plan.views_table}
     ).result_rows
     current = re.search(r"\bTTL toDateTime\(event_time\) \+ toIntervalDay\((\d+)\)", rows[0][0])
     if (int(current.group(1)) if current else 0) == days:
