@@ -91,6 +91,8 @@ class Cluster:
             ]
         if not engine.endswith("MergeTree"):
             raise TopologyError(f"{qualified}: no cluster rendering for ENGINE = {engine}")
+        if not re.search(r"^\s*\(?\s*user_id\s", columns, re.MULTILINE):
+            raise TopologyError(f"{qualified}: no user_id column to shard by")
         table = _table_name(qualified)
         local = f"{self.database}.{table}{LOCAL_SUFFIX}"
         path = _REPLICA_PATH.format(database=self.database, table=f"{table}{LOCAL_SUFFIX}")
@@ -106,13 +108,9 @@ class Cluster:
         ]
 
     def _view(self, match: re.Match[str]) -> str:
-        select = match["select"]
-        reads_shard = any(
-            re.search(rf"\b{re.escape(self.database)}\.{table}\b", select) for table in self.sharded
-        )
-        if reads_shard:
-            select = self._localize(select)
-        target = self._localize(match["target"]) if reads_shard else match["target"]
+        select, target = match["select"], match["target"]
+        if self._localize(select) != select:  # it reads a sharded table
+            select, target = self._localize(select), self._localize(target)
         return (
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS {match['view']} {self.on_cluster}"
             f" TO {target} AS{select}"

@@ -110,6 +110,17 @@ def test_a_statement_of_unknown_form_is_refused_for_a_cluster() -> None:
         plan.statements(migration)
 
 
+def test_a_table_without_the_sharding_column_is_refused_for_a_cluster() -> None:
+    migration = Migration(
+        9,
+        "movies",
+        "CREATE TABLE IF NOT EXISTS {database}.titles (movie_id UUID) ENGINE = MergeTree",
+    )
+    plan = Plan.make("movies", "movies", [*load_migrations(), migration])
+    with pytest.raises(TopologyError, match="no user_id column"):
+        plan.statements(migration)
+
+
 def test_the_cluster_layout_runs_on_the_engine(tmp_path: Path) -> None:
     """Schema, claims, reads and the write path's failures on a two-shard configuration."""
     result = subprocess.run(
