@@ -256,10 +256,27 @@ def test_an_insert_waits_for_the_shards_and_unreachable_shards_mean_unavailable(
         store.insert_canonical_lines(record.to_kafka()[1] + b"\n", "t2")
     # Nothing was queued on the local disk for a later background send.
     pending = client.query(
-        "SELECT count() FROM system.distribution_queue WHERE database = {db:String}",
+        "SELECT sum(data_files) FROM system.distribution_queue WHERE database = {db:String}",
         parameters={"db": shards[0]},
     ).result_rows
     assert pending == [(0,)]
+
+
+def test_without_the_cluster_settings_an_insert_is_acknowledged_before_any_shard_has_it(
+    client: Client, shards: list[str]
+) -> None:
+    """Why the settings: by default the Distributed table answers once the rows are queued on
+    the local disk, with no shard reachable, so the sink would commit offsets for rows that no
+    shard holds (and that this server's disk alone keeps)."""
+    unaware = ViewStore(client, shards[1], embedded=True)
+    record = view_record(uuid.uuid4(), uuid.uuid4(), 1, datetime(2026, 11, 1, tzinfo=UTC))
+    client.command(f"SYSTEM STOP DISTRIBUTED SENDS {shards[1]}.views")
+    unaware.insert_views([record], "t4")
+    queued = client.query(
+        "SELECT sum(data_files) FROM system.distribution_queue WHERE database = {db:String}",
+        parameters={"db": shards[1]},
+    ).result_rows
+    assert queued[0][0] >= 1
 
 
 def test_refused_lines_are_refused_before_reaching_the_shards(
