@@ -97,6 +97,8 @@ class Plan:
         migrations = load_migrations() if migrations is None else migrations
         topology = None
         if cluster is not None:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", cluster):
+                raise MigrationError(f"{cluster!r}: expected a cluster name like movies")
             every_statement = [s for m in migrations for s in m.statements(database)]
             topology = Cluster(cluster, database, sharded_tables(every_statement))
         # Who claims a version on a cluster: readable in schema_migrations, unique per run.

@@ -18,7 +18,13 @@ import pytest
 import yaml
 from support import repo_root
 
-from clickhouse.migrate import Migration, Plan, apply_migrations, load_migrations
+from clickhouse.migrate import (
+    Migration,
+    MigrationError,
+    Plan,
+    apply_migrations,
+    load_migrations,
+)
 from clickhouse.store import ViewStore
 from clickhouse.topology import TopologyError
 
@@ -108,6 +114,11 @@ def test_a_statement_of_unknown_form_is_refused_for_a_cluster() -> None:
     plan = Plan.make("movies", "movies", [*load_migrations(), migration])
     with pytest.raises(TopologyError, match="only CREATE TABLE"):
         plan.statements(migration)
+
+
+def test_a_cluster_name_is_an_identifier() -> None:
+    with pytest.raises(MigrationError, match="expected a cluster name"):
+        Plan.make("movies", "movies' SETTINGS x = 1 --")
 
 
 def test_a_table_without_the_sharding_column_is_refused_for_a_cluster() -> None:
