@@ -5,6 +5,10 @@ DSN differs. Driver errors are re-raised as one of two outcomes, decided here on
 ``StoreUnavailable`` (ClickHouse cannot take anything now: retry later) and, for the fast-path
 insert only, ``RecordsRefused`` (ClickHouse is up and refused the records themselves). The
 statements are in ``clickhouse/queries.py``.
+
+On a cluster (``cluster`` given: the migrations were rendered for it) the same tables are
+``Distributed`` ones; inserts add ``queries.CLUSTER_INSERT_SETTINGS`` so that an insert answers
+only once each shard stored its rows, and reads are unchanged (docs/clickhouse-cluster.md).
 """
 
 from __future__ import annotations
@@ -49,11 +53,15 @@ _UNAVAILABLE_CODES = frozenset(
         210,  # NETWORK_ERROR
         218,  # TABLE_IS_DROPPED
         236,  # ABORTED
+        225,  # NO_ZOOKEEPER
         241,  # MEMORY_LIMIT_EXCEEDED
         242,  # TABLE_IS_READ_ONLY
         243,  # NOT_ENOUGH_SPACE
         252,  # TOO_MANY_PARTS
         279,  # ALL_CONNECTION_TRIES_FAILED
+        285,  # TOO_FEW_LIVE_REPLICAS (insert quorum)
+        286,  # UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
+        319,  # UNKNOWN_STATUS_OF_INSERT (retried with the same token: dropped if it landed)
         394,  # QUERY_WAS_CANCELLED
         497,  # ACCESS_DENIED
         516,  # AUTHENTICATION_FAILED
@@ -103,17 +111,21 @@ def _refused_records(exc: ClickHouseError) -> bool:
 class ViewStore:
     """Tables ``views`` and ``latest_view`` of one database."""
 
-    def __init__(self, client: Client, database: str, embedded: bool) -> None:
+    def __init__(
+        self, client: Client, database: str, embedded: bool, cluster: str | None = None
+    ) -> None:
         self._client = client
         self._db = database
+        self._insert_settings = dict(queries.CLUSTER_INSERT_SETTINGS) if cluster else {}
+        self._position_settings = dict(queries.CLUSTER_POSITION_SETTINGS) if cluster else {}
         # The embedded engine lives in this process; one query at a time keeps it predictable.
         self._exclusive: contextlib.AbstractContextManager[object] = (
             threading.Lock() if embedded else contextlib.nullcontext()
         )
 
     @classmethod
-    def open(cls, dsn: str, database: str) -> ViewStore:
-        return cls(connect(dsn), database, embedded=dsn.startswith("chdb://"))
+    def open(cls, dsn: str, database: str, cluster: str | None = None) -> ViewStore:
+        return cls(connect(dsn), database, embedded=dsn.startswith("chdb://"), cluster=cluster)
 
     @property
     def client(self) -> Client:
@@ -148,7 +160,7 @@ class ViewStore:
                 column_names=_COLUMN_NAMES,
                 column_type_names=_COLUMN_TYPES,
                 column_oriented=True,
-                settings={"insert_deduplication_token": dedup_token},
+                settings={**self._insert_settings, "insert_deduplication_token": dedup_token},
             )
 
     def insert_canonical_lines(self, lines: bytes, dedup_token: str) -> None:
@@ -165,6 +177,7 @@ class ViewStore:
                 insert_block=lines,
                 fmt="LineAsString",
                 settings={
+                    **self._insert_settings,
                     "insert_deduplication_token": dedup_token,
                     # The token is checked where the rows land: in views, behind the view.
                     "deduplicate_blocks_in_dependent_materialized_views": 1,
@@ -177,6 +190,7 @@ class ViewStore:
             rows = self._client.query(
                 queries.LATEST_POSITION.format(db=self._db),
                 parameters={"user_id": user_id, "movie_id": movie_id},
+                settings=self._position_settings,
             ).result_rows
         if not rows:
             return None

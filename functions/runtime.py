@@ -24,4 +24,6 @@ def get_producer() -> AsyncProducer:
 @lru_cache(maxsize=1)
 def get_store() -> ViewStore:
     settings = get_settings()
-    return ViewStore.open(settings.clickhouse_dsn, settings.clickhouse_database)
+    return ViewStore.open(
+        settings.clickhouse_dsn, settings.clickhouse_database, settings.clickhouse_cluster
+    )

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     clickhouse_database: str = Field(
         DEFAULT_DATABASE, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database of the tables."
     )
+    clickhouse_cluster: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$",
+        description="Name of the ClickHouse cluster the migrations were rendered for "
+        "(`python -m clickhouse.migrate --cluster`); inserts then wait for every shard "
+        "(docs/clickhouse-cluster.md). Unset: one server.",
+    )
 
     # --- Authentication ----------------------------------------------------------------------
     jwt_algorithm: JwtAlgorithm = Field(

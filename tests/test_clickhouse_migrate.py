@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from clickhouse.migrate import Migration, MigrationError, apply_migrations, load_migrations
+from clickhouse.migrate import (
+    Migration,
+    MigrationError,
+    Plan,
+    apply_migrations,
+    load_migrations,
+    set_retention,
+)
 from clickhouse.store import ViewStore
 
 
@@ -66,3 +73,25 @@ def test_the_cli_reads_only_its_own_options_and_needs_no_function_settings(
     )
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == ["cli: up to date"]
+
+
+def test_retention_of_raw_events_is_set_changed_and_removed(store: ViewStore) -> None:
+    database = f"retention_{uuid.uuid4().hex[:8]}"
+    apply_migrations(store.client, database)
+    plan = Plan.make(database)
+
+    def ttl() -> str:
+        rows = store.client.query(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'views'",
+            parameters={"db": database},
+        ).result_rows
+        return str(rows[0][0])
+
+    assert set_retention(store.client, plan, 400)
+    assert "TTL toDateTime(event_time) + toIntervalDay(400)" in ttl()
+    assert not set_retention(store.client, plan, 400)  # unchanged: no rewrite of the parts
+    assert set_retention(store.client, plan, 30)
+    assert "toIntervalDay(30)" in ttl()
+    assert set_retention(store.client, plan, 0)
+    assert "TTL" not in ttl()
+    assert not set_retention(store.client, plan, 0)
