@@ -9,6 +9,9 @@ PY := $(VENV)/bin/python
 DEV_SECRET := .local/jwt-secret
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
 PORT ?= 8080
+KAFKA_PORT ?= 9092
+# Held by `make run` (and what it starts) while it uses .local/; `make clean` needs it too.
+STACK_LOCK := .local/stack.lock
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
 .DEFAULT_GOAL := help
@@ -40,7 +43,8 @@ setup: $(VENV)/.synced $(DEV_SECRET) schemas
 	@$(PY) infra/localkafka.py fetch >/dev/null
 
 run: setup
-	$(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --data .local/kafka --port 9092 \
+	@$(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --lock $(STACK_LOCK) \
+		--data .local/kafka --port $(KAFKA_PORT) --ready-url http://127.0.0.1:$(PORT)/readyz \
 		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
 
 lint: $(VENV)/.synced
@@ -81,4 +85,4 @@ token: $(VENV)/.synced $(DEV_SECRET)
 	@$(LOCAL_ENV) $(PY) -m functions.auth token --sub $(SUB)
 
 clean:
-	rm -rf $(VENV) .local/clickhouse .local/kafka
+	@$(PYTHON) infra/stacklock.py $(STACK_LOCK) -- rm -rf $(VENV) .local/clickhouse .local/kafka
