@@ -16,6 +16,7 @@ free again when the prompt is back. Tests use ``LocalKafka`` directly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -131,17 +133,19 @@ def refuse_taken_port(port: int) -> None:
 
 # The first line of a Java failure in the broker's log: "...Exception: what went wrong".
 _JAVA_FAILURE = re.compile(r"\b((?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error|Fault)\b.*)")
+# What the broker logs when it truncated a damaged log segment to start anyway.
+_REPAIRED = re.compile(r"partition=([^,\]]+).*?(Corruption found in segment [^(]*)")
 
 
-def _first_failure(log: Path, start: int) -> str | None:
-    """The first exception the broker logged after byte ``start`` of its log, on one line."""
+def _first_match(log: Path, start: int, pattern: re.Pattern[str]) -> str | None:
+    """The first match of ``pattern`` in the broker's log after byte ``start``, on one line."""
     try:
         with log.open("rb") as lines:
             lines.seek(start)
             for line in lines:
-                found = _JAVA_FAILURE.search(line.decode(errors="replace"))
+                found = pattern.search(line.decode(errors="replace"))
                 if found:
-                    return found.group(1).strip()[:300]
+                    return ": ".join(part.strip() for part in found.groups())[:300]
     except OSError:
         return None
     return None
@@ -326,11 +330,17 @@ class LocalKafka:
         holder = port_holder(self.port)  # the broker is gone: whoever listens is someone else
         if holder is not None:
             return f"port {self.port} is taken by {holder}"
-        reason = _first_failure(self.log_path, self._log_start) or "no exception logged"
+        reason = (
+            _first_match(self.log_path, self._log_start, _JAVA_FAILURE) or "no exception logged"
+        )
         return (
             f"the Kafka broker on {self.data_dir} exited with {self.process.returncode}: "
             f"{reason} (log: {self.log_path})"
         )
+
+    def repairs(self) -> str | None:
+        """What the broker truncated of damaged data when it started, if anything."""
+        return _first_match(self.log_path, self._log_start, _REPAIRED)
 
     def wait_ready(self, timeout_seconds: float = 60) -> None:
         """Return once the broker launched here answers; ``BrokerFailed`` if it cannot."""
@@ -359,7 +369,13 @@ class LocalKafka:
                     f"{port_holder(self.port) or 'another process'}"
                 )
             return
-        raise TimeoutError(f"broker on {self.bootstrap_servers} not ready in {timeout_seconds}s")
+        reason = (
+            _first_match(self.log_path, self._log_start, _JAVA_FAILURE) or "no exception logged"
+        )
+        raise BrokerFailed(
+            f"the Kafka broker on {self.data_dir} did not answer within {timeout_seconds:g}s: "
+            f"{reason} (log: {self.log_path})"
+        )
 
     def create_topics(self, partitions: dict[str, int]) -> None:
         """Create the topics that do not exist yet."""
@@ -401,24 +417,38 @@ class Stopping(Exception):
     """A stop signal arrived: stop the command, then the broker."""
 
 
-def _raise_stopping(signum: int, _frame: FrameType | None) -> None:
-    for stop_signal in STOP_SIGNALS:
-        signal.signal(stop_signal, _still_stopping)
-    raise Stopping(signal.Signals(signum).name)
+class StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP raise ``Stopping`` once; later ones only say it is stopping.
 
+    While ``held()``, a signal waits until the block ends, so that a child being started is never
+    left without its handle. (Not with the signal mask: children would inherit it.)"""
 
-def _still_stopping(_signum: int, _frame: FrameType | None) -> None:
-    print("still stopping: the prompt returns once the broker has exited", flush=True)
+    def __init__(self) -> None:
+        self._held = False
+        self._pending: int | None = None
+        self.stopping = False
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, self._arrived)
 
+    def _arrived(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping:
+            print("still stopping: the prompt returns once the broker has exited", flush=True)
+        elif self._held:
+            self._pending = signum
+        else:
+            self.stopping = True
+            raise Stopping(signal.Signals(signum).name)
 
-class _SignalsHeld:
-    """Stop signals wait while a child is being started, so that its handle is never lost."""
-
-    def __enter__(self) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-
-    def __exit__(self, *exc: object) -> None:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self._pending is not None and not self.stopping:
+            self.stopping = True
+            raise Stopping(signal.Signals(self._pending).name)
 
 
 def _readiness(url: str) -> tuple[bool, str]:
@@ -471,39 +501,40 @@ def _serve(broker: LocalKafka, command: subprocess.Popen[bytes], ready_url: str 
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
     """``make run``: lock, broker, topics, the command; stop in reverse order on a signal."""
-    for stop_signal in STOP_SIGNALS:
-        signal.signal(stop_signal, _raise_stopping)
+    signals = StopSignals()
     lock = StackLock(args.lock)
     broker = LocalKafka(args.data.resolve(), args.port)
     http_port = urllib.parse.urlsplit(args.ready_url).port if args.ready_url else None
+    child: subprocess.Popen[bytes] | None = None
     try:
         lock.acquire(
             http=args.ready_url.rsplit("/", 1)[0] if args.ready_url else None,
             kafka=broker.bootstrap_servers,
         )
-    except StackBusy as busy:
-        print(busy, file=sys.stderr)
-        return 1
-    child: subprocess.Popen[bytes] | None = None
-    try:
         if http_port is not None:
             refuse_taken_port(http_port)
         print(f"starting Kafka {kafka_version()} on {broker.bootstrap_servers}", flush=True)
-        with _SignalsHeld():
+        with signals.held():
             broker.launch(pass_fds=(lock.fd,))
         broker.wait_ready()
+        repairs = broker.repairs()
+        if repairs is not None:
+            print(f"warning: the broker found damaged data in {broker.data_dir}: {repairs}")
         assert broker.process is not None
         lock.describe(broker=broker.process.pid)
         broker.create_topics(
             {name: int(count) for name, _, count in (t.partition(":") for t in args.topic)}
         )
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
-        with _SignalsHeld():
+        with signals.held():
             # Its own session: a terminal's signals reach this supervisor only, which stops the
             # command first and the broker after it.
             child = subprocess.Popen(command, env=env, pass_fds=(lock.fd,), start_new_session=True)
         lock.describe(functions=child.pid)
         return _serve(broker, child, args.ready_url)
+    except StackBusy as busy:
+        print(busy, file=sys.stderr)
+        return 1
     except Stopping:
         return 0
     except PortTaken as exc:
@@ -517,14 +548,14 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         )
         return 1
     finally:
-        for stop_signal in STOP_SIGNALS:
-            signal.signal(stop_signal, _still_stopping)
+        signals.stopping = True
         if child is not None:
             _stop_command(child)
-        if broker.process is not None and broker.process.poll() is None:
-            print("stopping Kafka", flush=True)
-            broker.stop()
-        print("stopped", flush=True)
+        if broker.process is not None:
+            if broker.process.poll() is None:
+                print("stopping Kafka", flush=True)
+                broker.stop()
+            print("stopped", flush=True)
 
 
 def main() -> int:

@@ -80,7 +80,11 @@ class StackLock:
             if holder:
                 break
             time.sleep(0.1)
-        where = ", ".join(f"{name} {holder[name]}" for name in ("http", "kafka") if name in holder)
+        where = ", ".join(
+            f"{label}{holder[name]}"
+            for name, label in (("http", ""), ("kafka", "Kafka "))
+            if holder.get(name)
+        )
         pids = [pid for pid in (holder.get(n) for n in ("pid", "functions", "broker")) if pid]
         living = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
         if holder.get("pid") in living:
@@ -93,7 +97,7 @@ class StackLock:
             pid = "unknown"
             how = "stop the process that holds it"
         return (
-            f"the local stack is already running on {self.path.parent} (pid {pid}"
+            f"the local stack is already running on {self.path.parent.resolve()} (pid {pid}"
             + (f", {where}" if where else "")
             + f"): {how}, then try again"
         )
