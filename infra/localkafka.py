@@ -330,13 +330,15 @@ class LocalKafka:
         holder = port_holder(self.port)  # the broker is gone: whoever listens is someone else
         if holder is not None:
             return f"port {self.port} is taken by {holder}"
-        reason = (
-            _first_match(self.log_path, self._log_start, _JAVA_FAILURE) or "no exception logged"
-        )
+        reason = self._logged_failure()
         return (
             f"the Kafka broker on {self.data_dir} exited with {self.process.returncode}: "
             f"{reason} (log: {self.log_path})"
         )
+
+    def _logged_failure(self) -> str:
+        found = _first_match(self.log_path, self._log_start, _JAVA_FAILURE)
+        return found or "no exception in its log"
 
     def repairs(self) -> str | None:
         """What the broker truncated of damaged data when it started, if anything."""
@@ -369,9 +371,7 @@ class LocalKafka:
                     f"{port_holder(self.port) or 'another process'}"
                 )
             return
-        reason = (
-            _first_match(self.log_path, self._log_start, _JAVA_FAILURE) or "no exception logged"
-        )
+        reason = self._logged_failure()
         raise BrokerFailed(
             f"the Kafka broker on {self.data_dir} did not answer within {timeout_seconds:g}s: "
             f"{reason} (log: {self.log_path})"
