@@ -104,6 +104,10 @@ def test_log_access_writes_a_json_line_per_request(tmp_path: Path) -> None:
     log = tmp_path / "ingest.log"
     with serving("ingest", env, log) as base:
         assert httpx.get(f"{base}/healthz").status_code == 200
+        # Alive, not ready: its own server names the dependency it waits for.
+        not_ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert not_ready.status_code == 503
+        assert not_ready.json()["detail"] == "not ready: kafka"
     access = [
         line
         for line in map(

@@ -45,14 +45,14 @@ def test_local_host_serves_ingest_and_sink_and_stops_cleanly(
     user, movie = uuid.uuid4(), uuid.uuid4()
     try:
 
-        def healthy() -> bool:
+        def ready() -> bool:
             try:
-                return httpx.get(f"{base}/healthz").status_code == 200
+                return httpx.get(f"{base}/readyz").status_code == 200
             except httpx.TransportError:
                 assert host.poll() is None, (tmp_path / "local.log").read_text()
                 return False
 
-        eventually(healthy, timeout=60, what="GET /healthz")
+        eventually(ready, timeout=60, what="GET /readyz")
         posted = httpx.post(
             f"{base}/v1/views",
             json={"movie_id": str(movie), "movie_time_offset": 7_000},
