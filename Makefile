@@ -43,7 +43,7 @@ setup: $(VENV)/.synced $(DEV_SECRET) schemas
 	@$(PY) infra/localkafka.py fetch >/dev/null
 
 run: setup
-	@$(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --lock $(STACK_LOCK) \
+	@exec env $(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --lock $(STACK_LOCK) \
 		--data .local/kafka --port $(KAFKA_PORT) --ready-url http://127.0.0.1:$(PORT)/readyz \
 		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
 
