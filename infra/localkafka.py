@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -457,8 +458,10 @@ def _readiness(url: str) -> tuple[bool, str]:
         with urllib.request.urlopen(url, timeout=2):
             return True, "ready"
     except urllib.error.HTTPError as answer:
-        detail = re.search(rb'"detail":\s*"([^"]*)"', answer.read())
-        return False, detail.group(1).decode() if detail else f"HTTP {answer.code}"
+        try:
+            return False, str(json.loads(answer.read())["detail"])
+        except (ValueError, KeyError, TypeError):
+            return False, f"HTTP {answer.code}"
     except (urllib.error.URLError, OSError):
         return False, "the functions are starting"
 
