@@ -115,7 +115,11 @@ def port_holder(port: int) -> str | None:
             return None
         except OSError:
             pass
-    for connection in psutil.net_connections(kind="tcp"):
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:  # some systems list sockets to their owner only
+        connections = []
+    for connection in connections:
         if (
             connection.status == psutil.CONN_LISTEN
             and connection.laddr
