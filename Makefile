@@ -11,6 +11,9 @@ DEV_SECRET := .local/jwt-secret
 CLICKHOUSE_DSN ?= chdb://$(CURDIR)/.local/clickhouse
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET) CLICKHOUSE_DSN=$(CLICKHOUSE_DSN)
 PORT ?= 8080
+KAFKA_PORT ?= 9092
+# Held by `make run` (and what it starts) while it uses .local/; `make clean` needs it too.
+STACK_LOCK := .local/stack.lock
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
 .PHONY: cluster-up cluster-down dev
@@ -47,7 +50,8 @@ setup: $(VENV)/.synced $(DEV_SECRET) schemas
 	@$(PY) infra/localkafka.py fetch >/dev/null
 
 run: setup
-	$(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --data .local/kafka --port 9092 \
+	@exec env $(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --lock $(STACK_LOCK) \
+		--data .local/kafka --port $(KAFKA_PORT) --ready-url http://127.0.0.1:$(PORT)/readyz \
 		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
 
 lint: $(VENV)/.synced
@@ -92,7 +96,7 @@ token: $(VENV)/.synced $(DEV_SECRET)
 	@$(LOCAL_ENV) $(PY) -m functions.auth token --sub $(SUB)
 
 clean:
-	rm -rf $(VENV) .local/clickhouse .local/kafka
+	@$(PYTHON) infra/stacklock.py $(STACK_LOCK) -- rm -rf $(VENV) .local/clickhouse .local/kafka
 
 # PlantUML from Maven Central on the machine's Java, like the Kafka jars (no network renderer).
 # The SVGs are committed; tests/test_diagrams.py checks each against its source and this pin.

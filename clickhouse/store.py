@@ -135,6 +135,11 @@ class ViewStore:
     def database(self) -> str:
         return self._db
 
+    def answers(self, timeout_seconds: float) -> bool:
+        """Whether ClickHouse answers a ping now (blocking)."""
+        with self._exclusive:
+            return bool(self._client.ping(timeout_seconds))
+
     def command(self, statement: str) -> None:
         """Run one statement of ``clickhouse/queries.py`` on this database."""
         with self._calling(statement):

@@ -26,6 +26,7 @@ __all__ = [
     "MovieViewersOut",
     "PositionOut",
     "PositionPath",
+    "Ready",
     "SeedAccepted",
     "ViewAccepted",
 ]
@@ -89,6 +90,16 @@ class MostWatched(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    """Every dependency answers now (otherwise: a 503 problem naming those that do not)."""
+
+    status: Literal["ready"]
+    dependencies: dict[str, Literal["ready", "not ready"]] = Field(
+        description="`kafka`: the producer has live metadata for the views topic; "
+        "`clickhouse`: ClickHouse answers."
+    )
 
 
 class PositionPath(BaseModel):

@@ -17,8 +17,9 @@ import uvicorn
 import functions.main
 from clickhouse.migrate import apply_migrations
 from functions.bootstrap import REQUEST_GC_THRESHOLD, start
+from functions.errors import StoreUnavailable
 from functions.runtime import get_producer, get_store
-from functions.settings import Settings
+from functions.settings import Settings, get_settings
 from functions.sink.triggers.consumer import BatchConsumer
 
 log = logging.getLogger("functions.local")
@@ -32,7 +33,16 @@ def _migrated_sink(settings: Settings) -> BatchConsumer:
 
 
 def main() -> None:
-    settings, sink = start(lambda s: (s, _migrated_sink(s)), REQUEST_GC_THRESHOLD)
+    try:
+        settings, sink = start(lambda s: (s, _migrated_sink(s)), REQUEST_GC_THRESHOLD)
+    except StoreUnavailable as exc:
+        # One line, not a traceback. `make run`'s lock rules out a second process on the
+        # embedded engine's folder, so a folder that does not open is a damaged one.
+        remedy = ""
+        if get_settings().clickhouse_dsn.startswith("chdb://"):
+            remedy = "; if that folder is damaged, `make clean` deletes the local data"
+        log.error("%s%s", exc, remedy)
+        raise SystemExit(1) from None
     stop_sink = threading.Event()
     sink_thread = threading.Thread(target=sink.run, args=(stop_sink,), name="sink")
     sink_thread.start()

@@ -5,7 +5,8 @@
 - ``sink_connector``: the OpenFaaS Pro kafka-connector trigger (one record per HTTP call).
 
 Both sink targets are HTTP functions so that they answer the platform's probes on GET
-(``/healthz``, ``/readyz``); functions-framework serves a CloudEvent function on POST only.
+(``/healthz``: the process; ``/readyz``: ClickHouse answers); functions-framework serves a
+CloudEvent function on POST only.
 
 The KEDA-style consumer loop is ``python -m functions.sink``; ``python -m functions.local`` hosts
 the ingest function and that loop in one process for local runs.
@@ -22,6 +23,7 @@ from starlette.responses import Response
 
 from functions.bootstrap import REQUEST_GC_THRESHOLD, start
 from functions.http.app import IngestApi
+from functions.readiness import CHECK_TIMEOUT_SECONDS, Readiness
 from functions.runtime import get_producer, get_store
 from functions.settings import get_settings
 from functions.sink.dlq import DeadLetterPublisher
@@ -61,7 +63,15 @@ async def ingest(request: Request) -> Response:
     return await _ingest_api().handle(request)
 
 
-def _probe(request: Request) -> Response:
+@lru_cache(maxsize=1)
+def _sink_readiness() -> Readiness:
+    # The sink triggers store into ClickHouse; reading Kafka is the platform's side.
+    return Readiness({"clickhouse": lambda: get_store().answers(CHECK_TIMEOUT_SECONDS)})
+
+
+async def _probe(request: Request) -> Response:
+    if request.url.path.rstrip("/") == "/readyz":
+        return await _sink_readiness().response()
     status, body, content_type = serving_probe_answer(request.url.path)
     return Response(body, status_code=status, media_type=content_type)
 
@@ -69,7 +79,7 @@ def _probe(request: Request) -> Response:
 @functions_framework.aio.http
 async def sink(request: Request) -> Response:
     if request.method == "GET":
-        return _probe(request)
+        return await _probe(request)
     body = await request.body()
     # The insert blocks: on a worker thread, off the event loop. Its problems (4xx, 5xx) are
     # raised as HTTPException and answered by Starlette.
@@ -80,7 +90,7 @@ async def sink(request: Request) -> Response:
 @functions_framework.aio.http
 async def sink_connector(request: Request) -> Response:
     if request.method == "GET":
-        return _probe(request)
+        return await _probe(request)
     body = await request.body()
     # The insert and the dead-letter acknowledgement block: off the event loop.
     return await run_in_threadpool(_connector_sink().handle, request.headers, body)

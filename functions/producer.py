@@ -71,6 +71,17 @@ class AsyncProducer:
             guard.cancel()
             self._waiting -= 1
 
+    def has_live_metadata(self, topic: str, timeout_seconds: float) -> bool:
+        """Whether a broker answered a metadata request for ``topic`` just now, with a leader
+        for each of its partitions (blocking: call it off the event loop)."""
+        found = self._producer.list_topics(topic, timeout=timeout_seconds).topics.get(topic)
+        return (
+            found is not None
+            and found.error is None
+            and bool(found.partitions)
+            and all(partition.leader >= 0 for partition in found.partitions.values())
+        )
+
     def close(self, timeout_seconds: float = 10.0) -> int:
         """Wait for outstanding deliveries; returns the number of records left unsent."""
         remaining: int = self._producer.flush(timeout_seconds)

@@ -1,29 +1,44 @@
 """A single-node KRaft Apache Kafka broker for local runs and tests, from Maven Central jars.
 
     python infra/localkafka.py fetch
-    python infra/localkafka.py run --data .local/kafka --port 9092 -- <command ...>
+    python infra/localkafka.py run --lock .local/stack.lock --data .local/kafka --port 9092 \
+        --ready-url http://127.0.0.1:8080/readyz -- <command ...>
 
-``fetch`` copies the broker jars (``infra/kafka/pom.xml``) into a cache outside git. ``run``
-formats the data folder on first use, starts the broker, creates the topics, runs the command
-with ``KAFKA_BOOTSTRAP_SERVERS`` set, and stops the broker once the command has exited (so the
-command can still flush to it while shutting down). Tests use ``LocalKafka`` directly.
+``fetch`` copies the broker jars (``infra/kafka/pom.xml``) into a cache outside git. ``run`` is
+the supervisor of ``make run``: it takes the stack's lock (``stacklock.py``) before touching
+anything, formats the data folder on first use, starts the broker and waits until the broker it
+started answers, creates the topics, runs the command with ``KAFKA_BOOTSTRAP_SERVERS`` set and
+prints "ready" once ``--ready-url`` answers 200. On Ctrl-C, SIGTERM or SIGHUP it stops the
+command, then the broker, and returns only once both have exited, so that the data folders are
+free again when the prompt is back. Tests use ``LocalKafka`` directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
-from confluent_kafka import Consumer, Message, TopicPartition
+import psutil
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from stacklock import StackBusy, StackLock
 
 INFRA = Path(__file__).resolve().parent
 POM = INFRA / "kafka" / "pom.xml"
@@ -69,6 +84,76 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class BrokerFailed(RuntimeError):
+    """The broker did not start, or stopped; the message says why in one line."""
+
+
+class PortTaken(BrokerFailed):
+    """Another process listens on a port the stack needs; the message names it."""
+
+
+def _describe_process(pid: int) -> str:
+    try:
+        process = psutil.Process(pid)
+        argv, cwd = process.cmdline(), process.cwd()
+    except psutil.Error:
+        return f"pid {pid}"
+    for arg in argv:
+        if arg.startswith("-Dkafka.logs.dir="):
+            return f"the Kafka broker of {arg.partition('=')[2]} (pid {pid})"
+    return f"`{' '.join(argv)[:120]}` in {cwd} (pid {pid})"
+
+
+def port_holder(port: int) -> str | None:
+    """Who listens on 127.0.0.1:``port``, in words (its checkout or data folder); None if free."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind(("127.0.0.1", port))
+            return None
+        except OSError:
+            pass
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:  # some systems list sockets to their owner only
+        connections = []
+    for connection in connections:
+        if (
+            connection.status == psutil.CONN_LISTEN
+            and connection.laddr
+            and connection.laddr.port == port
+            and connection.pid
+        ):
+            return _describe_process(connection.pid)
+    return "another process"
+
+
+def refuse_taken_port(port: int) -> None:
+    holder = port_holder(port)
+    if holder is not None:
+        raise PortTaken(f"port {port} is taken by {holder}")
+
+
+# The first line of a Java failure in the broker's log: "...Exception: what went wrong".
+_JAVA_FAILURE = re.compile(r"\b((?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error|Fault)\b.*)")
+# What the broker logs when it truncated a damaged log segment to start anyway.
+_REPAIRED = re.compile(r"partition=([^,\]]+).*?(Corruption found in segment [^(]*)")
+
+
+def _first_match(log: Path, start: int, pattern: re.Pattern[str]) -> str | None:
+    """The first match of ``pattern`` in the broker's log after byte ``start``, on one line."""
+    try:
+        with log.open("rb") as lines:
+            lines.seek(start)
+            for line in lines:
+                found = pattern.search(line.decode(errors="replace"))
+                if found:
+                    return ": ".join(part.strip() for part in found.groups())[:300]
+    except OSError:
+        return None
+    return None
 
 
 def _offsets_probe(bootstrap_servers: str, group_id: str) -> Consumer:
@@ -144,6 +229,7 @@ class LocalKafka:
         self.port = port
         self.controller_port = controller_port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where this start's part of broker.out begins
 
     @property
     def bootstrap_servers(self) -> str:
@@ -189,13 +275,32 @@ class LocalKafka:
             *args,
         ]
 
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.out"
+
+    def cluster_id(self) -> str:
+        """The cluster id formatted into this data folder: the marker of this broker."""
+        meta = (self.data_dir / "log" / "meta.properties").read_text()
+        found = re.search(r"^cluster\.id=(.+)$", meta, re.MULTILINE)
+        if found is None:
+            raise BrokerFailed(f"no cluster.id in {self.data_dir / 'log' / 'meta.properties'}")
+        return found.group(1).strip()
+
     def start(self, timeout_seconds: float = 60) -> None:
-        """Format on first use, start the broker and wait until it answers."""
+        """Format on first use, start the broker and wait until this broker answers."""
+        self.launch()
+        self.wait_ready(timeout_seconds)
+
+    def launch(self, pass_fds: tuple[int, ...] = ()) -> None:
+        """Format on first use and start the broker process; ``pass_fds`` stay open in it (a
+        lock it must hold while it runs)."""
+        refuse_taken_port(self.port)
         libs = fetch_jars()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         if not (self.data_dir / "log" / "meta.properties").exists():
-            subprocess.run(
+            formatted = subprocess.run(
                 self._java(
                     libs,
                     "kafka.tools.StorageTool",
@@ -206,36 +311,76 @@ class LocalKafka:
                     "-c",
                     str(config),
                 ),
-                check=True,
-                stdout=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
             )
-        log = (self.data_dir / "broker.out").open("ab")
+            if formatted.returncode != 0:
+                raise BrokerFailed(
+                    f"formatting {self.data_dir} failed: "
+                    + (formatted.stderr or formatted.stdout).strip()[-300:]
+                )
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self._java(libs, "kafka.Kafka", str(config)),
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the app, which stops the broker after it
+            start_new_session=True,  # signals reach its supervisor, which stops it last
+            pass_fds=pass_fds,
         )
-        self._wait_ready(timeout_seconds)
 
-    def _wait_ready(self, timeout_seconds: float) -> None:
+    def failure(self) -> str:
+        """Why the broker process exited, in one line."""
+        assert self.process is not None
+        holder = port_holder(self.port)  # the broker is gone: whoever listens is someone else
+        if holder is not None:
+            return f"port {self.port} is taken by {holder}"
+        reason = self._logged_failure()
+        return (
+            f"the Kafka broker on {self.data_dir} exited with {self.process.returncode}: "
+            f"{reason} (log: {self.log_path})"
+        )
+
+    def _logged_failure(self) -> str:
+        found = _first_match(self.log_path, self._log_start, _JAVA_FAILURE)
+        return found or "no exception in its log"
+
+    def repairs(self) -> str | None:
+        """What the broker truncated of damaged data when it started, if anything."""
+        return _first_match(self.log_path, self._log_start, _REPAIRED)
+
+    def wait_ready(self, timeout_seconds: float = 60) -> None:
+        """Return once the broker launched here answers; ``BrokerFailed`` if it cannot."""
         deadline = time.monotonic() + timeout_seconds
+        own_cluster = self.cluster_id()
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"broker exited with {self.process.returncode}; see "
-                    f"{self.data_dir / 'broker.out'}"
-                )
+                raise BrokerFailed(self.failure())
             # Wait for the port first: a Kafka client logs every refused connection.
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", self.port)) != 0:
                     time.sleep(0.2)
                     continue
             admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
-            if admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).brokers:
-                return
-        raise TimeoutError(f"broker on {self.bootstrap_servers} not ready in {timeout_seconds}s")
+            try:
+                metadata = admin.list_topics(timeout=max(1.0, deadline - time.monotonic()))
+            except KafkaException:
+                continue
+            if not metadata.brokers:
+                continue
+            # Only the broker started here answers with this folder's cluster id.
+            if metadata.cluster_id != own_cluster:
+                raise PortTaken(
+                    f"port {self.port} answers for another Kafka cluster: "
+                    f"{port_holder(self.port) or 'another process'}"
+                )
+            return
+        reason = self._logged_failure()
+        raise BrokerFailed(
+            f"the Kafka broker on {self.data_dir} did not answer within {timeout_seconds:g}s: "
+            f"{reason} (log: {self.log_path})"
+        )
 
     def create_topics(self, partitions: dict[str, int]) -> None:
         """Create the topics that do not exist yet."""
@@ -268,47 +413,189 @@ class LocalKafka:
             self.process.wait()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How long the command may take to stop (the sink finishes and commits its batch) before SIGKILL.
+COMMAND_STOP_SECONDS = 60
+
+
+class Stopping(Exception):
+    """A stop signal arrived: stop the command, then the broker."""
+
+
+class StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP raise ``Stopping`` once; later ones only say it is stopping.
+
+    While ``held()``, a signal waits until the block ends, so that a child being started is never
+    left without its handle. (Not with the signal mask: children would inherit it.)"""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._pending: int | None = None
+        self.stopping = False
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, self._arrived)
+
+    def _arrived(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping:
+            print("still stopping: the prompt returns once the broker has exited", flush=True)
+        elif self._held:
+            self._pending = signum
+        else:
+            self.stopping = True
+            raise Stopping(signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self._pending is not None and not self.stopping:
+            self.stopping = True
+            raise Stopping(signal.Signals(self._pending).name)
+
+
+def _readiness(url: str) -> tuple[bool, str]:
+    """Whether ``url`` answers 200, else what it says (a problem's detail) or why it cannot."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True, "ready"
+    except urllib.error.HTTPError as answer:
+        try:
+            return False, str(json.loads(answer.read())["detail"])
+        except (ValueError, KeyError, TypeError):
+            return False, f"HTTP {answer.code}"
+    except (urllib.error.URLError, OSError):
+        return False, "the functions are starting"
+
+
+def _stop_command(command: subprocess.Popen[bytes]) -> None:
+    if command.poll() is not None:
+        return
+    print("stopping the functions", flush=True)
+    command.terminate()
+    try:
+        command.wait(COMMAND_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        print(f"the functions did not stop in {COMMAND_STOP_SECONDS}s: killing them", flush=True)
+        command.kill()
+        command.wait()
+
+
+def _serve(broker: LocalKafka, command: subprocess.Popen[bytes], ready_url: str | None) -> int:
+    """Watch the command and the broker until the command exits; announce readiness once."""
+    assert broker.process is not None
+    origin = ready_url.rsplit("/", 1)[0] if ready_url else None
+    ready, said = ready_url is None, ""
+    while True:
+        returncode = command.poll()
+        if returncode is not None:
+            if not ready:
+                print(f"the functions exited with {returncode} before they were ready", flush=True)
+            return returncode
+        if broker.process.poll() is not None:
+            raise BrokerFailed(broker.failure())
+        if not ready and ready_url is not None:
+            ready, detail = _readiness(ready_url)
+            if ready:
+                print(f"ready: {origin}", flush=True)
+            elif detail != said:
+                print(f"waiting for readiness: {detail}", flush=True)
+                said = detail
+        time.sleep(0.5 if ready else 0.2)
+
+
+def run(args: argparse.Namespace, command: list[str]) -> int:
+    """``make run``: lock, broker, topics, the command; stop in reverse order on a signal."""
+    signals = StopSignals()
+    lock = StackLock(args.lock)
+    broker = LocalKafka(args.data.resolve(), args.port)
+    http_port = urllib.parse.urlsplit(args.ready_url).port if args.ready_url else None
+    child: subprocess.Popen[bytes] | None = None
+    try:
+        lock.acquire(
+            http=args.ready_url.rsplit("/", 1)[0] if args.ready_url else None,
+            kafka=broker.bootstrap_servers,
+        )
+        if http_port is not None:
+            refuse_taken_port(http_port)
+        print(f"starting Kafka {kafka_version()} on {broker.bootstrap_servers}", flush=True)
+        with signals.held():
+            broker.launch(pass_fds=(lock.fd,))
+        broker.wait_ready()
+        repairs = broker.repairs()
+        if repairs is not None:
+            print(f"warning: the broker found damaged data in {broker.data_dir}: {repairs}")
+        assert broker.process is not None
+        lock.describe(broker=broker.process.pid)
+        broker.create_topics(
+            {name: int(count) for name, _, count in (t.partition(":") for t in args.topic)}
+        )
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        with signals.held():
+            # Its own session: a terminal's signals reach this supervisor only, which stops the
+            # command first and the broker after it.
+            child = subprocess.Popen(command, env=env, pass_fds=(lock.fd,), start_new_session=True)
+        lock.describe(functions=child.pid)
+        return _serve(broker, child, args.ready_url)
+    except StackBusy as busy:
+        print(busy, file=sys.stderr)
+        return 1
+    except Stopping:
+        return 0
+    except PortTaken as exc:
+        print(f"{exc}: stop that, or choose other ports (PORT=…, KAFKA_PORT=…)", file=sys.stderr)
+        return 1
+    except BrokerFailed as exc:
+        print(
+            f"{exc}. If {broker.data_dir} is damaged, `make clean` deletes the local data "
+            "and the next run starts empty",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        signals.stopping = True
+        if child is not None:
+            _stop_command(child)
+        if broker.process is not None:
+            if broker.process.poll() is None:
+                print("stopping Kafka", flush=True)
+                broker.stop()
+            print("stopped", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("fetch", help="download the broker jars")
-    run = commands.add_parser("run", help="start the broker, run a command, stop the broker")
-    run.add_argument("--data", type=Path, required=True, help="broker data folder")
-    run.add_argument("--port", type=int, default=9092)
-    run.add_argument(
+    run_parser = commands.add_parser(
+        "run", help="lock, start the broker, run a command; stop both on a signal"
+    )
+    run_parser.add_argument(
+        "--lock", type=Path, required=True, help="lock file of the stack's data folders"
+    )
+    run_parser.add_argument("--data", type=Path, required=True, help="broker data folder")
+    run_parser.add_argument("--port", type=int, default=9092)
+    run_parser.add_argument(
         "--topic",
         action="append",
         default=[],
         metavar="NAME:PARTITIONS",
         help="topic to create if missing (repeatable)",
     )
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command to run")
+    run_parser.add_argument(
+        "--ready-url", help="the command's readiness URL: 'ready' is printed once it answers 200"
+    )
+    run_parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- command to run")
     args = parser.parse_args()
 
     if args.command == "fetch":
         print(fetch_jars())
         return 0
-
-    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    broker = LocalKafka(args.data.resolve(), args.port)
-    print(f"starting Kafka {kafka_version()} on {broker.bootstrap_servers}", flush=True)
-    broker.start()
-    try:
-        broker.create_topics(
-            {name: int(count) for name, _, count in (t.partition(":") for t in args.topic)}
-        )
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
-        child = subprocess.Popen(command, env=env)
-        while True:
-            try:
-                return child.wait()
-            except KeyboardInterrupt:  # the child got the same Ctrl-C: wait for its clean exit
-                continue
-    finally:
-        print("stopping Kafka", flush=True)
-        broker.stop()
+    return run(args, args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
 
 
 if __name__ == "__main__":

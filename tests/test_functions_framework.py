@@ -105,6 +105,15 @@ def test_log_access_writes_a_json_line_per_request(tmp_path: Path) -> None:
     log = tmp_path / "ingest.log"
     with serving("ingest", env, log) as base:
         assert httpx.get(f"{base}/healthz").status_code == 200
+
+        # Alive, not ready: its own server names the dependency it waits for (once the
+        # embedded ClickHouse, which takes a few seconds to open, answers).
+        def waiting_for_kafka_only() -> bool:
+            answer = httpx.get(f"{base}/readyz", timeout=10)
+            assert answer.status_code == 503
+            return bool(answer.json()["detail"] == "not ready: kafka")
+
+        eventually(waiting_for_kafka_only, timeout=60, what="503 naming kafka only")
     access = [
         line
         for line in map(
@@ -139,10 +148,13 @@ def test_cloudevent_sink_served_by_the_framework_stores_the_record(
     }
     log = tmp_path / "sink.log"
     with serving("sink", env, log) as base:
+        ready = httpx.get(f"{base}/readyz", timeout=10)
         stored = httpx.post(base, content=value, headers=headers)
         poison = httpx.post(base, content=b"{", headers=headers)
         not_an_event = httpx.post(base, content=value, headers={"content-type": "text/plain"})
         probes = [httpx.get(f"{base}{path}").status_code for path in ("/healthz", "/readyz")]
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"status": "ready", "dependencies": {"clickhouse": "ready"}}
     assert stored.status_code == 200, stored.text
     assert poison.status_code == 422
     assert poison.headers["content-type"] == "application/problem+json"

@@ -45,14 +45,14 @@ def test_local_host_serves_ingest_and_sink_and_stops_cleanly(
     user, movie = uuid.uuid4(), uuid.uuid4()
     try:
 
-        def healthy() -> bool:
+        def ready() -> bool:
             try:
-                return httpx.get(f"{base}/healthz").status_code == 200
+                return httpx.get(f"{base}/readyz").status_code == 200
             except httpx.TransportError:
                 assert host.poll() is None, (tmp_path / "local.log").read_text()
                 return False
 
-        eventually(healthy, timeout=60, what="GET /healthz")
+        eventually(ready, timeout=60, what="GET /readyz")
         posted = httpx.post(
             f"{base}/v1/views",
             json={"movie_id": str(movie), "movie_time_offset": 7_000},
@@ -71,3 +71,36 @@ def test_local_host_serves_ingest_and_sink_and_stops_cleanly(
     output = (tmp_path / "local.log").read_text()
     assert returncode == 0, output
     assert '"message":"sink stopped"' in output
+
+
+def test_a_damaged_clickhouse_folder_is_one_line_naming_it_and_the_remedy(tmp_path: Path) -> None:
+    folder = tmp_path / "clickhouse"
+    create = (
+        "import sys, clickhouse_connect;"
+        "c = clickhouse_connect.get_client(dsn=sys.argv[1]);"
+        "c.command('CREATE DATABASE movies');"
+        "c.command('CREATE TABLE movies.t (x UInt8) ENGINE = MergeTree ORDER BY x')"
+    )
+    subprocess.run([sys.executable, "-c", create, f"chdb://{folder}"], check=True)
+    for definition in (folder / "metadata" / "movies").glob("*.sql"):
+        definition.write_text("damaged (((")
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "CLICKHOUSE_DSN": f"chdb://{folder}",
+        "JWT_SECRET": JWT_SECRET,
+        "PORT": str(free_port()),
+    }
+    host = subprocess.run(
+        [sys.executable, "-m", "functions.local"],
+        cwd=repo_root(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert host.returncode == 1
+    assert "Traceback" not in host.stdout + host.stderr
+    [error] = [line for line in host.stdout.splitlines() if '"log.level":"error"' in line]
+    assert str(folder) in error
+    assert "`make clean`" in error

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, TypeVar
 
 import orjson
@@ -39,6 +39,7 @@ from functions.events import (
 from functions.http.docs_page import DOCS_ASSETS, DOCS_PAGE, DOCS_POLICY
 from functions.problems import field_errors, problem_document, problem_response
 from functions.producer import AsyncProducer
+from functions.readiness import CHECK_TIMEOUT_SECONDS, Readiness
 from functions.settings import Settings
 
 __all__ = ["Handlers", "Incoming"]
@@ -162,6 +163,22 @@ class Handlers:
 
     async def healthz(self, incoming: Incoming) -> Response:
         return _json({"status": "ok"}, 200)
+
+    @cached_property
+    def _readiness(self) -> Readiness:
+        # Kafka: the very producer the requests use. ClickHouse: the read routes need it.
+        producer = self._producer
+        return Readiness(
+            {
+                "kafka": partial(
+                    producer.has_live_metadata, self._settings.views_topic, CHECK_TIMEOUT_SECONDS
+                ),
+                "clickhouse": lambda: self._store_factory().answers(CHECK_TIMEOUT_SECONDS),
+            }
+        )
+
+    async def readyz(self, incoming: Incoming) -> Response:
+        return await self._readiness.response()
 
     async def openapi_json(self, incoming: Incoming) -> Response:
         return Response(self._openapi, media_type="application/json")

@@ -22,6 +22,7 @@ from functions.api_models import (
     MostWatchedQuery,
     PositionOut,
     PositionPath,
+    Ready,
     SeedAccepted,
     ViewAccepted,
 )
@@ -171,6 +172,17 @@ ROUTES: tuple[Route, ...] = (
         ),
     ),
     Route("GET", "/healthz", Handlers.healthz, Operation("getHealth", "Liveness", {200: Health})),
+    Route(
+        "GET",
+        "/readyz",
+        Handlers.readyz,
+        Operation(
+            "getReadiness",
+            "Readiness: Kafka and ClickHouse answer (checked at most about once a second)",
+            {200: Ready},
+            errors=(503,),
+        ),
+    ),
     Route(
         "GET",
         "/openapi.json",

@@ -53,14 +53,12 @@ def probe_answer(
 
 
 def serving_probe_answer(path: str) -> tuple[HTTPStatus, bytes, str]:
-    """The probes of a sink trigger served by functions-framework (KafkaSource, kafka-connector):
-    the process answers. Neither follows ClickHouse: the platform retries our 503s, which is
-    the back-pressure wanted, and taking every pod out would only turn them into its own
-    errors."""
-    probes = {"/healthz": "alive", "/readyz": "ready"}
-    if path not in probes:
+    """The liveness probe of a sink trigger served by functions-framework (KafkaSource,
+    kafka-connector): the process answers. Their ``/readyz`` (ClickHouse answers) is served by
+    ``functions/main.py`` with ``functions.readiness``."""
+    if path != "/healthz":
         return _problem(HTTPStatus.NOT_FOUND, f"no probe at {path}")
-    return _ok(probes[path])
+    return _ok("alive")
 
 
 def _ok(status: str) -> tuple[HTTPStatus, bytes, str]:

@@ -13,8 +13,8 @@ record is safe:
   docs/deployment.md says which trigger to pick when an outage must lose nothing);
 - 400 problem: not a kafka-connector call.
 
-``GET /healthz`` and ``GET /readyz`` (OpenFaaS's probes) are answered by ``functions/main.py``
-with ``health.serving_probe_answer``.
+``GET /healthz`` and ``GET /readyz`` (OpenFaaS's probes) are answered by ``functions/main.py``:
+the process, and whether ClickHouse answers.
 """
 
 from __future__ import annotations
