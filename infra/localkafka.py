@@ -397,14 +397,8 @@ class LocalKafka:
 
     def stop(self, timeout_seconds: float = 30) -> None:
         """Controlled shutdown (SIGTERM); SIGKILL only if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_seconds)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            terminate(self.process, timeout_seconds)
 
     def kill(self) -> None:
         """Stop the broker abruptly, as a crash would."""
@@ -470,17 +464,26 @@ def _readiness(url: str) -> tuple[bool, str]:
         return False, "the functions are starting"
 
 
+def terminate(process: subprocess.Popen[bytes], timeout_seconds: float) -> bool:
+    """SIGTERM, then SIGKILL if it has not exited within the timeout; whether it was killed."""
+    if process.poll() is not None:
+        return False
+    process.terminate()
+    try:
+        process.wait(timeout_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return True
+    return False
+
+
 def _stop_command(command: subprocess.Popen[bytes]) -> None:
     if command.poll() is not None:
         return
     print("stopping the functions", flush=True)
-    command.terminate()
-    try:
-        command.wait(COMMAND_STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        print(f"the functions did not stop in {COMMAND_STOP_SECONDS}s: killing them", flush=True)
-        command.kill()
-        command.wait()
+    if terminate(command, COMMAND_STOP_SECONDS):
+        print(f"the functions did not stop in {COMMAND_STOP_SECONDS}s: killed them", flush=True)
 
 
 def _serve(broker: LocalKafka, command: subprocess.Popen[bytes], ready_url: str | None) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from localkafka import terminate
 
 __all__ = ["ROOT", "Service", "tree_cpu_seconds", "tree_rss_bytes"]
 
@@ -99,14 +100,8 @@ class Service:
 
     def stop(self, timeout_seconds: float = 30) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout_seconds)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        if self._process is not None:
+            terminate(self._process, timeout_seconds)
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.pid)
