@@ -32,5 +32,8 @@ ENV PATH=/app/.venv/bin:$PATH \
 # Numeric, so that Kubernetes can check runAsNonRoot without a passwd lookup.
 USER 10001:10001
 EXPOSE 8080
-# Exec form: the server is PID 1 and receives SIGTERM itself.
-CMD ["functions-framework"]
+# Exec form: the server is PID 1 and receives SIGTERM itself. gunicorn with the project's
+# worker and limits (functions/http/gunicorn_config.py) on functions-framework's ASGI app for
+# FUNCTION_TARGET; functions-framework's own launcher cannot be given a worker class or limits.
+CMD ["gunicorn", "--config", "python:functions.http.gunicorn_config", \
+     "functions_framework.aio:create_asgi_app()"]

@@ -30,7 +30,7 @@ _SECURITY_SCHEME = "bearerAuth"
 
 
 def _error_statuses(operation: Operation) -> list[int]:
-    statuses = set(operation.errors)
+    statuses = set(operation.errors) | {429}  # every caller has its share (fair_share.py)
     if operation.permission is not None:
         statuses |= {401, 403, 503}  # 503: the signing keys could not be fetched
     if operation.body is not None:
@@ -47,6 +47,13 @@ _ERROR_HEADERS = {
             "description": 'RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` '
             "with a bad one.",
             "schema": {"type": "string"},
+        }
+    },
+    429: {
+        "Retry-After": {
+            "required": True,
+            "description": "Seconds until the caller's next request is admitted.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
         }
     },
     503: {
