@@ -5,7 +5,9 @@ grow with the attack, other viewers still served). Timing bounds are generous on
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -353,3 +355,52 @@ def test_most_watched_is_shared_by_concurrent_callers(host: Host) -> None:
     answers = asyncio.run(ask())
     assert {answer.status_code for answer in answers} == {200}
     assert answers[0].headers["cache-control"] == "no-store"
+
+
+def _image_command() -> list[str]:
+    """The Dockerfile's CMD, continuation lines joined."""
+    dockerfile = (repo_root() / "Dockerfile").read_text().replace("\\\n", "")
+    (command,) = re.findall(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    return list(json.loads(command))
+
+
+def test_the_image_command_serves_with_the_same_limits(tmp_path: Path) -> None:
+    port = free_port()
+    argv = _image_command()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "FUNCTION_TARGET": "ingest",
+        "FUNCTION_SOURCE": str(repo_root() / "functions" / "main.py"),
+        "JWT_SECRET": JWT_SECRET,
+        "HTTP_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT_SECONDS),
+        "HTTP_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS),
+    }
+    log = tmp_path / "gunicorn.log"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / argv[0]), *argv[1:]],
+        cwd=repo_root(),
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    image = Host(f"http://127.0.0.1:{port}", port, server.pid, log)
+    try:
+
+        def healthy() -> httpx.Response | None:
+            assert server.poll() is None, log.read_text()
+            try:
+                return httpx.get(f"{image.base}/healthz")
+            except httpx.TransportError:
+                return None
+
+        health = eventually(healthy, timeout=60, what="gunicorn to serve")
+        assert health.status_code == 200
+        assert "server" not in health.headers
+        assert health.headers["x-content-type-options"] == "nosniff"
+        test_headers_over_the_budget_get_431_and_the_connection_closes(image)
+        test_slow_headers_get_408_and_close(image)
+        test_a_silent_connection_is_closed(image)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
