@@ -365,7 +365,7 @@ def main() -> None:
                 raise RuntimeError((workdir / "generate.log").read_text()[-3000:])
             for name in SERVERS:
                 clickhouse = workdir / f"clickhouse-{name.replace('+', '-')}"
-                shutil.copytree(template, clickhouse)
+                shutil.copytree(template, clickhouse, symlinks=True)  # chDB links its metadata
                 servers.append(Server(harness, name, clickhouse, results).start())
             summary: dict[str, Any] = {
                 "note": "figures from a 2-core machine shared with other work (load average "
