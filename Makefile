@@ -82,3 +82,8 @@ token: $(VENV)/.synced $(DEV_SECRET)
 
 clean:
 	rm -rf $(VENV) .local/clickhouse .local/kafka
+
+# Hostile clients: what each protection costs and bounds, servers side by side (docs/security.md).
+.PHONY: abuse
+abuse: setup /usr/bin/wrk
+	PYTHONPATH=infra $(PY) -m loadtest.abuse $(ABUSE_ARGS)

@@ -172,9 +172,9 @@ class IngestApi:
         # Order: who (401), may they (403), then the body (415, 413) — nothing is read for a
         # caller who may not write.
         principal = None
-        if route.permission is None:
-            self._take_share(request, None)
-        else:
+        # Routes without a permission (health, the document) answer from memory and are not
+        # charged: a probe must never get a 429 because a client behind the same address flooded.
+        if route.permission is not None:
             try:
                 principal = await self._authenticator.authenticate(
                     request.headers.get("authorization")

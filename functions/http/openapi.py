@@ -30,9 +30,10 @@ _SECURITY_SCHEME = "bearerAuth"
 
 
 def _error_statuses(operation: Operation) -> list[int]:
-    statuses = set(operation.errors) | {429}  # every caller has its share (fair_share.py)
+    statuses = set(operation.errors)
     if operation.permission is not None:
         statuses |= {401, 403, 503}  # 503: the signing keys could not be fetched
+        statuses.add(429)  # beyond the caller's share (fair_share.py)
     if operation.body is not None:
         statuses |= {400, 413, 415, 422}
     if operation.path_parameters is not None or operation.query_parameters is not None:
