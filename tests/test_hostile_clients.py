@@ -143,6 +143,14 @@ def _request_head(path: str = "/v1/views", method: str = "POST", extra: str = ""
     return f"{method} {path} HTTP/1.1\r\nHost: probe\r\n{extra}".encode()
 
 
+def _authorized_post_head(content_length: int) -> bytes:
+    """The head of a viewer's POST /v1/views announcing a ``content_length``-byte body."""
+    return _request_head(
+        extra=f"Authorization: Bearer {make_token(uuid.uuid4())}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+    )
+
+
 def _viewer_is_served(host: Host) -> None:
     viewer = uuid.uuid4()
     answer = httpx.post(
@@ -219,13 +227,8 @@ def test_slow_headers_get_408_and_close(host: Host) -> None:
 
 
 def test_a_slow_body_gets_408_and_close_and_no_error(host: Host) -> None:
-    token = make_token(uuid.uuid4())
-    head = _request_head(
-        extra=f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        "Content-Length: 100\r\n\r\n"
-    )
     with _connect(host) as sock:
-        sock.sendall(head + b"{")
+        sock.sendall(_authorized_post_head(content_length=100) + b"{")
         raw = _answer(sock)
     assert _status(raw) == 408, raw
     assert '"log.level":"error"' not in host.log_text()
@@ -239,11 +242,7 @@ def test_a_silent_connection_is_closed(host: Host) -> None:
 
 
 def test_client_abort_mid_body_is_counted_not_an_error(host: Host) -> None:
-    token = make_token(uuid.uuid4())
-    head = _request_head(
-        extra=f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        "Content-Length: 1000\r\n\r\n"
-    )
+    head = _authorized_post_head(content_length=1000)
     for _ in range(5):
         with _connect(host) as sock:
             sock.sendall(head + b'{"movie_id": ')
