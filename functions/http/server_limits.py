@@ -164,6 +164,8 @@ def uvicorn_limits(settings: Settings) -> dict[str, Any]:
     limits = RequestLimits(settings.http_max_header_bytes, settings.http_request_timeout_seconds)
     return {
         "http": guarded_protocol(limits),
+        # No route speaks WebSocket; an upgrade would leave the guarded protocol and its limits.
+        "ws": "none",
         "timeout_keep_alive": settings.http_keepalive_seconds,
         "limit_concurrency": connection_cap(settings.http_max_connections),
         "server_header": False,
