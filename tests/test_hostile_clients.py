@@ -402,4 +402,5 @@ def test_the_image_command_serves_with_the_same_limits(tmp_path: Path) -> None:
         test_a_silent_connection_is_closed(image)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        returncode = server.wait(timeout=30)
+    assert returncode == 0, log.read_text()

@@ -25,7 +25,7 @@ from pydantic_core import ErrorDetails, from_json, to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clickhouse.store import MovieViewers, ViewStore
+from clickhouse.store import ViewStore
 from functions.api_models import MAX_MOST_WATCHED_LIMIT, MostWatchedQuery, PositionPath
 from functions.auth import Principal
 from functions.errors import DeliveryFailed, Forbidden, InvalidRequest
@@ -300,25 +300,25 @@ class Handlers:
             200,
         )
 
-    async def _longest_ranking(self) -> list[MovieViewers]:
-        # The embedded engine runs one query at a time: one ranking, at the longest limit, for
-        # every caller and every limit, so that no caller can make the others wait.
+    async def _longest_ranking(self) -> list[bytes]:
+        """The ranking at the longest limit, each movie already encoded as JSON.
+
+        The embedded engine runs one query at a time: one ranking for every caller and every
+        limit, so that no caller can make the others wait; encoded once, so that an answer is a
+        join of the first ``limit`` entries (~1 ms less per 1000 movies than encoding them).
+        """
         store = await self._store()
-        return await asyncio.to_thread(store.most_watched, MAX_MOST_WATCHED_LIMIT)
+        ranking = await asyncio.to_thread(store.most_watched, MAX_MOST_WATCHED_LIMIT)
+        return [
+            orjson.dumps({"movie_id": row.movie_id, "viewers": row.viewers, "events": row.events})
+            for row in ranking
+        ]
 
     async def get_most_watched(self, incoming: Incoming) -> Response:
         query = dict(incoming.request.query_params)
         limit = _parameters(MostWatchedQuery, query, "query").limit
-        ranking = (await self._ranking.get())[:limit]
-        return _json(
-            {
-                "movies": [
-                    {"movie_id": str(row.movie_id), "viewers": row.viewers, "events": row.events}
-                    for row in ranking
-                ]
-            },
-            200,
-        )
+        movies = b",".join((await self._ranking.get())[:limit])
+        return Response(b'{"movies":[' + movies + b"]}", media_type="application/json")
 
 
 def _rfc3339(moment: datetime) -> str:
