@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -256,15 +257,14 @@ async def ranking_storm(
         await client.get("/v1/movies/most-watched", headers=victim)
     quiet = await _victim_latencies(server, seconds / 2, position)
     stop = asyncio.Event()
-    asked = 0
+    statuses: Counter[int] = Counter()
 
     async def asker() -> None:
-        nonlocal asked
         headers = {"Authorization": f"Bearer {sign(uuid.uuid4(), secret)}"}
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             while not stop.is_set():
-                await client.get("/v1/movies/most-watched?limit=1000", headers=headers)
-                asked += 1
+                answer = await client.get("/v1/movies/most-watched?limit=1000", headers=headers)
+                statuses[answer.status_code] += 1
 
     askers = [asyncio.create_task(asker()) for _ in range(connections)]
     loaded = await _victim_latencies(server, seconds, position)
@@ -272,7 +272,7 @@ async def ranking_storm(
     await asyncio.gather(*askers)
     return {
         "connections": connections,
-        "rankings_answered": asked,
+        "answers_by_status": dict(statuses),
         "quiet": quiet,
         "attacked": loaded,
     }
