@@ -172,6 +172,19 @@ def test_headers_over_the_budget_get_431_and_the_connection_closes(host: Host) -
     assert b'"status":431' in raw
 
 
+def test_a_head_within_the_budget_and_its_body_in_one_write_is_served(host: Host) -> None:
+    # One write, larger than the header budget: the bytes after the head are body, not head.
+    body = b'{"movie_id": "%s", "padding": "%s"}' % (str(uuid.uuid4()).encode(), b"a" * 60_000)
+    head = _authorized_post_head(content_length=len(body)).replace(
+        b"\r\n\r\n", b"\r\nX-Padding: " + b"a" * 10_000 + b"\r\n\r\n"
+    )
+    assert len(head) < MAX_HEADER_BYTES < len(head + body)
+    with _connect(host) as sock:
+        sock.sendall(head + body)
+        raw = sock.recv(65_536)
+    assert _status(raw) == 422, raw  # the unknown field, judged by the app
+
+
 @pytest.mark.parametrize(
     "attack",
     [
