@@ -36,5 +36,8 @@ ENV PATH=/app/.venv/bin:$PATH \
 USER 10001:10001
 # 8080: functions-framework; the consumer loop serves its probes on HEALTH_PORT (8080 too).
 EXPOSE 8080
-# Exec form: the server is PID 1 and receives SIGTERM itself.
-CMD ["functions-framework"]
+# Exec form: the server is PID 1 and receives SIGTERM itself. gunicorn with the project's
+# worker and limits (functions/http/gunicorn_config.py) on functions-framework's ASGI app for
+# FUNCTION_TARGET; functions-framework's own launcher cannot be given a worker class or limits.
+CMD ["gunicorn", "--config", "python:functions.http.gunicorn_config", \
+     "functions_framework.aio:create_asgi_app()"]

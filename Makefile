@@ -122,3 +122,8 @@ cluster-down:
 
 dev: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH skaffold dev --port-forward=user
+
+# Hostile clients: what each protection costs and bounds, servers side by side (docs/security.md).
+.PHONY: abuse
+abuse: setup /usr/bin/wrk
+	PYTHONPATH=infra $(PY) -m loadtest.abuse $(ABUSE_ARGS)

@@ -17,6 +17,7 @@ from functions.events import CanonicalUUID
 from functions.problems import Problem
 
 __all__ = [
+    "MAX_MOST_WATCHED_LIMIT",
     "BatchItemAccepted",
     "BatchItemRejected",
     "BatchOutcome",
@@ -110,9 +111,13 @@ class PositionPath(BaseModel):
     movie_id: CanonicalUUID = Field(description="The movie.")
 
 
+# The ranking is computed once at this length and shared by every caller (a slice for each).
+MAX_MOST_WATCHED_LIMIT = 1000
+
+
 class MostWatchedQuery(BaseModel):
     """Query parameters of the ranking; unknown ones are rejected, as unknown body fields are."""
 
     model_config = ConfigDict(extra="forbid")
 
-    limit: int = Field(10, ge=1, le=1000, description="How many movies.")
+    limit: int = Field(10, ge=1, le=MAX_MOST_WATCHED_LIMIT, description="How many movies.")

@@ -48,6 +48,10 @@ DEV_PERMISSIONS = ("ugc.views.write", "ugc.views.read")
 
 _MAX_KID_LENGTH = 256
 
+# Real access tokens are 1-2 KB; decoding a larger one is work an anonymous client could make the
+# event loop do (a 4 MB forged token cost ~113 ms), so it is refused before base64 or JSON.
+MAX_AUTHORIZATION_BYTES = 8192
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -80,6 +84,8 @@ class Authenticator(Protocol):
 def _bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise MissingToken("missing bearer token")
+    if len(authorization) > MAX_AUTHORIZATION_BYTES:
+        raise AuthError(f"the Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -209,8 +215,10 @@ class TokenVerifier:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._permissions_claim = settings.jwt_permissions_claim
+        self._max_lifetime = settings.jwt_max_lifetime_seconds
+        required = ["exp", "sub"] + (["iss"] if self._issuer else [])
         self._options: dict[str, Any] = {
-            "require": ["exp", "sub"] + (["iss"] if self._issuer else []),
+            "require": required + (["iat"] if settings.jwt_require_iat else []),
             "enforce_minimum_key_length": True,
         }
         # Only successes are remembered, with the key that verified them (a JWKS key that rotates
@@ -268,7 +276,22 @@ class TokenVerifier:
             raise AuthError("token expired") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
-        return Principal(_subject(claims), self._permissions(claims)), float(claims["exp"])
+        expires_at = self._expiry(claims)
+        return Principal(_subject(claims), self._permissions(claims)), expires_at
+
+    def _expiry(self, claims: dict[str, Any]) -> float:
+        """``exp``, once it is an integer within the longest lifetime a token may have.
+
+        PyJWT takes anything ``int()`` accepts (``"123"``, ``1e308``) and any distance ahead.
+        """
+        expires_at, issued_at = claims["exp"], claims.get("iat")
+        for name, value in (("exp", expires_at), ("iat", issued_at)):
+            if value is not None and type(value) is not int:  # bool is an int subclass
+                raise AuthError(f"token claim '{name}' is not an integer")
+        start = time.time() if issued_at is None else issued_at
+        if expires_at - start > self._max_lifetime + self._leeway:
+            raise AuthError(f"token lifetime is over {self._max_lifetime} seconds")
+        return float(expires_at)
 
     def _permissions(self, claims: dict[str, Any]) -> frozenset[str]:
         granted = claims.get(self._permissions_claim, [])

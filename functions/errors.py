@@ -10,6 +10,7 @@ __all__ = [
     "InvalidRequest",
     "MissingToken",
     "PipelineError",
+    "RateLimited",
     "RecordsRefused",
     "StoreUnavailable",
 ]
@@ -52,6 +53,14 @@ class InvalidRequest(PipelineError):
         super().__init__(detail)
         self.status = status
         self.errors = errors
+
+
+class RateLimited(PipelineError):
+    """The caller sent more than its share: retry after ``retry_after_seconds`` (HTTP 429)."""
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(f"too many requests; retry in {retry_after_seconds} s")
+        self.retry_after_seconds = retry_after_seconds
 
 
 class DeliveryFailed(PipelineError):

@@ -18,6 +18,7 @@ import functions.main
 from clickhouse.migrate import apply_migrations
 from functions.bootstrap import REQUEST_GC_THRESHOLD, start
 from functions.errors import StoreUnavailable
+from functions.http.server_limits import uvicorn_limits
 from functions.runtime import get_producer, get_store
 from functions.settings import Settings, get_settings
 from functions.sink.triggers.consumer import BatchConsumer
@@ -51,7 +52,13 @@ def main() -> None:
         "ingest", functions.main.__file__, "http", functions.main, None
     )
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            **uvicorn_limits(settings),
+        )
     )
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-sends the signal to the handler
     # that was there before it; a no-op there lets the sink and the producer stop below.

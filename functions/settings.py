@@ -140,6 +140,16 @@ class Settings(BaseSettings):
     jwt_read_permission: str = Field(
         "ugc.views.read", description="Permission needed to read positions and rankings."
     )
+    jwt_max_lifetime_seconds: int = Field(
+        30 * 24 * 3600,
+        ge=60,
+        description="Longest life a token may claim: `exp - iat`, or `exp` - now for a token "
+        "without `iat`. A token beyond it is rejected (401), so that a leaked or forged-looking "
+        "100-year token is not honoured.",
+    )
+    jwt_require_iat: bool = Field(
+        False, description="Reject tokens without an integer `iat` (issued-at) claim."
+    )
     auth_disabled_insecure: bool = Field(
         False,
         description="Local experiments only: accept requests without a valid token (logged as a "
@@ -243,6 +253,51 @@ class Settings(BaseSettings):
         except OSError as exc:
             raise ValueError(f"CLICKHOUSE_DSN_FILE {dsn_file}: {exc.strerror}") from exc
         return {**data, "clickhouse_dsn": dsn}
+
+    # --- Abuse limits (docs/security.md) -----------------------------------------------------
+    http_max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        description="Most bytes of a request line and headers together; larger ones get 431 and "
+        "the connection is closed (also the most a connection holds before its headers end).",
+    )
+    http_request_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a request's headers and body have to arrive, from its first byte; "
+        "then 408 and the connection is closed.",
+    )
+    http_keepalive_seconds: int = Field(
+        5,
+        ge=1,
+        description="How long an idle connection (before its first request or between requests) "
+        "stays open.",
+    )
+    http_max_connections: int = Field(
+        2000,
+        ge=1,
+        description="Open connections a server process serves (uvicorn `limit_concurrency`); "
+        "requests beyond get 503. Lowered to stay below the process's file limit.",
+    )
+    rate_limit_per_second: float = Field(
+        10.0,
+        ge=0,
+        description="Sustained requests per second of one viewer (the verified token's `sub`; "
+        "the client address for requests without a valid token); beyond, 429 with "
+        "`Retry-After`. 0 turns the limit off. A player sends an event every few seconds.",
+    )
+    rate_limit_burst: int = Field(
+        100,
+        ge=1,
+        description="Requests one viewer may send at once before `RATE_LIMIT_PER_SECOND` applies "
+        "(a player coming back online, flushing its queue).",
+    )
+    most_watched_max_age_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How old the most-watched ranking served may be: it is computed at most "
+        "once per this interval and shared by every caller.",
+    )
 
     @model_validator(mode="after")
     def _key_material_matches_algorithm(self) -> Settings:

@@ -486,3 +486,16 @@ def test_make_token_command_issues_a_token_the_api_accepts(hs256: TokenVerifier)
     )
     principal = _authenticate(hs256, result.stdout.strip())
     assert principal == Principal(user, frozenset(DEV_PERMISSIONS))
+
+
+def test_lifetime_is_bounded_and_iat_required_when_configured() -> None:
+    verifier = TokenVerifier.from_settings(
+        _hs256_settings(jwt_max_lifetime_seconds=3600, jwt_require_iat=True)
+    )
+    user = uuid.uuid4()
+    now = int(time.time())
+    assert _authenticate(verifier, jwt.encode(_claims(user, exp=now + 3000), JWT_SECRET)).user_id
+    _rejects(verifier, jwt.encode(_claims(user, exp=now + 4000), JWT_SECRET), "lifetime")
+    _rejects(verifier, jwt.encode(_claims(user, iat=None), JWT_SECRET), "iat")
+    _rejects(verifier, jwt.encode(_claims(user, iat=float(now)), JWT_SECRET), "iat")
+    _rejects(verifier, jwt.encode(_claims(user, exp=True), JWT_SECRET), "exp")

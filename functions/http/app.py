@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from uuid import UUID
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -26,8 +27,10 @@ from functions.errors import (
     Forbidden,
     InvalidRequest,
     MissingToken,
+    RateLimited,
     StoreUnavailable,
 )
+from functions.http.fair_share import TokenBuckets
 from functions.http.handlers import Handlers, Incoming
 from functions.http.openapi import openapi_document
 from functions.http.routes import ConfiguredRoute, configure
@@ -89,6 +92,12 @@ class IngestApi:
             lambda: orjson.dumps(openapi_document(settings)),
         )
         self._dispatch = [(route, path_pattern(route.route.path)) for route in routes]
+        self._buckets = (
+            TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
+            if settings.rate_limit_per_second > 0
+            else None
+        )
+        self.disconnects = 0  # requests whose client went away before the answer
 
     async def handle(self, request: Request) -> Response:
         """Answer one request; every error is a problem document, never a bare 500."""
@@ -102,42 +111,60 @@ class IngestApi:
             if route.method != request.method:
                 allowed.append(route.method)
                 continue
-            try:
-                incoming = await self._admit(configured, request, match.groupdict())
-                return await route.handler(self._handlers, incoming)
-            except MissingToken as exc:
-                return problem_response(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
-            except AuthError as exc:
-                return problem_response(
-                    401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-                )
-            except Forbidden as exc:
-                headers = None
-                if exc.missing_permission is not None:
-                    challenge = (
-                        f'Bearer error="insufficient_scope", scope="{exc.missing_permission}"'
-                    )
-                    headers = {"WWW-Authenticate": challenge}
-                return problem_response(403, str(exc), headers=headers)
-            except InvalidRequest as exc:
-                return problem_response(exc.status, str(exc), errors=exc.errors)
-            except AuthUnavailable as exc:
-                log.warning("signing keys unavailable: %s", exc)
-                return self._unavailable("the token signing keys are unavailable")
-            except DeliveryFailed as exc:
-                log.warning("kafka did not acknowledge: %s", exc)
-                return self._unavailable("the event was not acknowledged by Kafka")
-            except StoreUnavailable as exc:
-                log.warning("clickhouse unavailable: %s", exc)
-                return self._unavailable("the view store is unavailable")
-            except Exception:
-                log.exception("unhandled error on %s %s", request.method, route.path)
-                return problem_response(500, "internal error")
+            response = await self._serve(configured, request, match.groupdict())
+            if configured.permission is not None:
+                # A viewer's own data, or a refusal about its token: no cache may keep it.
+                response.headers["Cache-Control"] = "no-store"
+            return response
         if allowed:
             return problem_response(
                 405, f"{request.method} is not allowed here", headers={"Allow": ", ".join(allowed)}
             )
         return problem_response(404, f"no route for {path}")
+
+    async def _serve(
+        self, configured: ConfiguredRoute, request: Request, params: dict[str, str]
+    ) -> Response:
+        route = configured.route
+        try:
+            incoming = await self._admit(configured, request, params)
+            return await route.handler(self._handlers, incoming)
+        except MissingToken as exc:
+            return problem_response(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
+        except AuthError as exc:
+            return problem_response(
+                401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
+        except Forbidden as exc:
+            headers = None
+            if exc.missing_permission is not None:
+                challenge = f'Bearer error="insufficient_scope", scope="{exc.missing_permission}"'
+                headers = {"WWW-Authenticate": challenge}
+            return problem_response(403, str(exc), headers=headers)
+        except InvalidRequest as exc:
+            return problem_response(exc.status, str(exc), errors=exc.errors)
+        except RateLimited as exc:
+            return problem_response(
+                429, str(exc), headers={"Retry-After": str(exc.retry_after_seconds)}
+            )
+        except ClientDisconnect:
+            # Not a fault of the function: the client hung up (or missed the body
+            # deadline); counted, and the answer goes nowhere.
+            self.disconnects += 1
+            log.debug("client disconnected", extra={"path": route.path})
+            return Response(status_code=499)
+        except AuthUnavailable as exc:
+            log.warning("signing keys unavailable: %s", exc)
+            return self._unavailable("the token signing keys are unavailable")
+        except DeliveryFailed as exc:
+            log.warning("kafka did not acknowledge: %s", exc)
+            return self._unavailable("the event was not acknowledged by Kafka")
+        except StoreUnavailable as exc:
+            log.warning("clickhouse unavailable: %s", exc)
+            return self._unavailable("the view store is unavailable")
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, route.path)
+            return problem_response(500, "internal error")
 
     async def _admit(
         self, route: ConfiguredRoute, request: Request, params: dict[str, str]
@@ -145,13 +172,29 @@ class IngestApi:
         # Order: who (401), may they (403), then the body (415, 413) — nothing is read for a
         # caller who may not write.
         principal = None
+        # Routes without a permission (health, the document) answer from memory and are not
+        # charged: a probe must never get a 429 because a client behind the same address flooded.
         if route.permission is not None:
-            principal = await self._authenticator.authenticate(request.headers.get("authorization"))
+            try:
+                principal = await self._authenticator.authenticate(
+                    request.headers.get("authorization")
+                )
+            except AuthError:
+                self._take_share(request, None)  # forged tokens are charged to the address
+                raise
+            self._take_share(request, principal.user_id)
             principal.require(route.permission)
         body = b""
         if route.body_model is not None:
             body = await read_json_body(request, route.max_body_bytes)
         return Incoming(request, params, body, route.body_model, principal)
+
+    def _take_share(self, request: Request, viewer: UUID | None) -> None:
+        """A token of the viewer's bucket (of the client address's when there is no viewer)."""
+        if self._buckets is None:
+            return
+        client = request.scope.get("client")
+        self._buckets.take(viewer or (client[0] if client else None))
 
     def _unavailable(self, detail: str) -> Response:
         return problem_response(

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property, partial
+from functools import cache, cached_property, partial
 from typing import Any, TypeVar
 
 import orjson
@@ -24,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from clickhouse.store import ViewStore
-from functions.api_models import MostWatchedQuery, PositionPath
+from functions.api_models import MAX_MOST_WATCHED_LIMIT, MostWatchedQuery, PositionPath
 from functions.auth import Principal
 from functions.errors import DeliveryFailed, Forbidden, InvalidRequest
 from functions.events import (
@@ -37,6 +38,7 @@ from functions.events import (
     invalid_json_message,
 )
 from functions.http.docs_page import DOCS_ASSETS, DOCS_PAGE, DOCS_POLICY
+from functions.http.fair_share import SharedRefresh
 from functions.problems import field_errors, problem_document, problem_response
 from functions.producer import AsyncProducer
 from functions.readiness import CHECK_TIMEOUT_SECONDS, Readiness
@@ -50,6 +52,10 @@ Model = TypeVar("Model", bound=BaseModel)
 
 # The docs page's files change only with a deployment.
 _DOCS_ASSET_CACHING = "public, max-age=3600"
+
+# What a query parameter declared as an integer must look like: Python's int() would also take
+# "+5", " 5" and "1_000", and the API promises no loose coercion.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 # A 64 KiB body of unknown fields would otherwise get a problem document several times its size.
 _MAX_LISTED_ERRORS = 100
@@ -112,7 +118,19 @@ def _errors(exc: ValidationError) -> list[ErrorDetails]:
     return exc.errors(include_url=False, include_input=False)
 
 
+@cache
+def _integer_fields(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(name for name, field in model.model_fields.items() if field.annotation is int)
+
+
 def _parameters(model: type[Model], values: dict[str, str], location: str) -> Model:
+    loose = [
+        {"pointer": f"#/{location}/{name}", "detail": "Input should be a valid integer"}
+        for name in _integer_fields(model)
+        if name in values and _INTEGER.fullmatch(values[name]) is None
+    ]
+    if loose:
+        raise InvalidRequest(422, f"invalid {location} parameters", errors=loose)
     try:
         return model.model_validate_strings(values)
     except ValidationError as exc:
@@ -141,6 +159,7 @@ class Handlers:
         self._openapi_document = openapi_document
         self._max_skew = timedelta(seconds=settings.max_event_time_skew_seconds)
         self._max_age = timedelta(seconds=settings.max_event_age_seconds)
+        self._ranking = SharedRefresh(self._longest_ranking, settings.most_watched_max_age_seconds)
 
     @cached_property
     def _producer(self) -> AsyncProducer:
@@ -304,20 +323,25 @@ class Handlers:
             200,
         )
 
+    async def _longest_ranking(self) -> list[bytes]:
+        """The ranking at the longest limit, each movie already encoded as JSON.
+
+        The embedded engine runs one query at a time: one ranking for every caller and every
+        limit, so that no caller can make the others wait; encoded once, so that an answer is a
+        join of the first ``limit`` entries (~1 ms less per 1000 movies than encoding them).
+        """
+        store = await self._store()
+        ranking = await asyncio.to_thread(store.most_watched, MAX_MOST_WATCHED_LIMIT)
+        return [
+            orjson.dumps({"movie_id": row.movie_id, "viewers": row.viewers, "events": row.events})
+            for row in ranking
+        ]
+
     async def get_most_watched(self, incoming: Incoming) -> Response:
         query = dict(incoming.request.query_params)
         limit = _parameters(MostWatchedQuery, query, "query").limit
-        store = await self._store()
-        ranking = await asyncio.to_thread(store.most_watched, limit)
-        return _json(
-            {
-                "movies": [
-                    {"movie_id": str(row.movie_id), "viewers": row.viewers, "events": row.events}
-                    for row in ranking
-                ]
-            },
-            200,
-        )
+        movies = b",".join((await self._ranking.get())[:limit])
+        return Response(b'{"movies":[' + movies + b"]}", media_type="application/json")
 
 
 def _rfc3339(moment: datetime) -> str:

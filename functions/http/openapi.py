@@ -33,6 +33,7 @@ def _error_statuses(operation: Operation) -> list[int]:
     statuses = set(operation.errors)
     if operation.permission is not None:
         statuses |= {401, 403, 503}  # 503: the signing keys could not be fetched
+        statuses.add(429)  # beyond the caller's share (fair_share.py)
     if operation.body is not None:
         statuses |= {400, 413, 415, 422}
     if operation.path_parameters is not None or operation.query_parameters is not None:
@@ -47,6 +48,13 @@ _ERROR_HEADERS = {
             "description": 'RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` '
             "with a bad one.",
             "schema": {"type": "string"},
+        }
+    },
+    429: {
+        "Retry-After": {
+            "required": True,
+            "description": "Seconds until the caller's next request is admitted.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
         }
     },
     503: {
