@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from functions.errors import StoreUnavailable
 from functions.kafka_config import consumer_config
+from functions.logs import error_fields
 from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord, rewind_positions
 from functions.sink.core import BatchResult, ViewsWriter, store_batch
@@ -195,7 +196,7 @@ class BatchConsumer:
         self._backoff_seconds = min(cap, max(initial, self._backoff_seconds * 2))
         log.warning(
             "batch not stored, redelivering after back-off",
-            extra={"error": str(exc), "backoff_seconds": self._backoff_seconds},
+            extra={**error_fields(exc), "backoff_seconds": self._backoff_seconds},
         )
         for (topic, partition), first in rewind_positions(batches).items():
             try:
