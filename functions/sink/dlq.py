@@ -7,11 +7,12 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Message, Producer
 
+from functions.error_reports import report_dead_letter
 from functions.kafka_config import dead_letter_producer_config
 from functions.settings import Settings
 from functions.sink.core import Rejected
 
-__all__ = ["DeadLetterPublisher"]
+__all__ = ["DeadLetterPublisher", "report_rejected"]
 
 
 class DeadLetterPublisher:
@@ -51,3 +52,18 @@ class DeadLetterPublisher:
                 f"dead-letter topic did not acknowledge {unsent + len(failures)} records"
                 f" ({'; '.join(failures[:3])})"
             )
+        for item in rejected:
+            report_rejected(item, self._topic)
+
+
+def report_rejected(item: Rejected, dead_letter_topic: str) -> None:
+    """Report a record on its way to the dead-letter topic as an error report."""
+    origin = item.record
+    report_dead_letter(
+        origin.topic,
+        origin.partition,
+        origin.offset,
+        item.reason.value,
+        item.detail,
+        dead_letter_topic,
+    )
