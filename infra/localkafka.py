@@ -23,7 +23,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from confluent_kafka import Consumer, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 INFRA = Path(__file__).resolve().parent
 POM = INFRA / "kafka" / "pom.xml"
@@ -237,17 +244,36 @@ class LocalKafka:
                 return
         raise TimeoutError(f"broker on {self.bootstrap_servers} not ready in {timeout_seconds}s")
 
-    def create_topics(self, partitions: dict[str, int]) -> None:
-        """Create the topics that do not exist yet."""
+    def create_topics(
+        self, partitions: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+    ) -> None:
+        """Create the topics that do not exist yet; set ``configs`` (topic -> settings such as
+        ``retention.ms``) on new and existing topics alike."""
+        configs = configs or {}
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         existing = admin.list_topics(timeout=10).topics
         wanted = [
-            NewTopic(name, num_partitions=count, replication_factor=1)
+            NewTopic(name, num_partitions=count, replication_factor=1, config=configs.get(name, {}))
             for name, count in partitions.items()
             if name not in existing
         ]
         if wanted:
             for future in admin.create_topics(wanted, operation_timeout=30).values():
+                future.result()
+        altered = [
+            ConfigResource(
+                ResourceType.TOPIC,
+                name,
+                incremental_configs=[
+                    ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+                    for key, value in settings.items()
+                ],
+            )
+            for name, settings in configs.items()
+            if name in existing and settings
+        ]
+        if altered:
+            for future in admin.incremental_alter_configs(altered).values():
                 future.result()
 
     def stop(self, timeout_seconds: float = 30) -> None:
@@ -281,8 +307,8 @@ def main() -> int:
         "--topic",
         action="append",
         default=[],
-        metavar="NAME:PARTITIONS",
-        help="topic to create if missing (repeatable)",
+        metavar="NAME:PARTITIONS[:KEY=VALUE,...]",
+        help="topic to create if missing, with topic settings such as retention.ms (repeatable)",
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command to run")
     args = parser.parse_args()
@@ -296,8 +322,13 @@ def main() -> int:
     print(f"starting Kafka {kafka_version()} on {broker.bootstrap_servers}", flush=True)
     broker.start()
     try:
+        topics = [(t.split(":", 2) + [""])[:3] for t in args.topic]
         broker.create_topics(
-            {name: int(count) for name, _, count in (t.partition(":") for t in args.topic)}
+            {name: int(count) for name, count, _ in topics},
+            {
+                name: dict(setting.split("=", 1) for setting in settings.split(",") if setting)
+                for name, _, settings in topics
+            },
         )
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
         child = subprocess.Popen(command, env=env)

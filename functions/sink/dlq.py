@@ -12,7 +12,17 @@ from functions.kafka_config import dead_letter_producer_config
 from functions.settings import Settings
 from functions.sink.core import Rejected
 
-__all__ = ["DeadLetterPublisher", "report_rejected"]
+__all__ = [
+    "DETAIL_HEADER",
+    "ORIGIN_HEADERS",
+    "REASON_HEADER",
+    "DeadLetterPublisher",
+    "report_rejected",
+]
+
+REASON_HEADER = "dlq.reason"
+DETAIL_HEADER = "dlq.detail"
+ORIGIN_HEADERS = ("dlq.origin.topic", "dlq.origin.partition", "dlq.origin.offset")
 
 
 class DeadLetterPublisher:
@@ -38,11 +48,13 @@ class DeadLetterPublisher:
                 value=origin.value,
                 key=origin.key,
                 headers=[
-                    ("dlq.reason", item.reason.value.encode()),
-                    ("dlq.detail", item.detail.encode()),
-                    ("dlq.origin.topic", origin.topic.encode()),
-                    ("dlq.origin.partition", str(origin.partition).encode()),
-                    ("dlq.origin.offset", str(origin.offset).encode()),
+                    (REASON_HEADER, item.reason.value.encode()),
+                    (DETAIL_HEADER, item.detail.encode()),
+                    *zip(
+                        ORIGIN_HEADERS,
+                        (str(part).encode() for part in origin[:3]),  # topic, partition, offset
+                        strict=True,
+                    ),
                 ],
                 on_delivery=on_delivery,
             )
