@@ -9,8 +9,11 @@ PY := $(VENV)/bin/python
 DEV_SECRET := .local/jwt-secret
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
 PORT ?= 8080
+# Dead letters wait for a person: kept 30 days, as in k8s/infra/kafka/topics.yaml.
+DLQ_TOPIC_CONFIG := retention.ms=2592000000
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
+.PHONY: dlq dlq-replay
 .DEFAULT_GOAL := help
 
 help:
@@ -21,6 +24,8 @@ help:
 	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
 	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
+	@echo "make dlq     dead letters of the local broker by reason (BODIES=1 prints the values; REASON=, OFFSETS=A-B)"
+	@echo "make dlq-replay         send the dead letters that now pass back to the sink (DRY_RUN=1, REASON=, OFFSETS=A-B)"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -41,7 +46,7 @@ setup: $(VENV)/.synced $(DEV_SECRET) schemas
 
 run: setup
 	$(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --data .local/kafka --port 9092 \
-		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
+		--topic views:6 --topic views.dlq:1:$(DLQ_TOPIC_CONFIG) -- $(PY) -m functions.local
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check functions clickhouse infra loadtest tests tools
@@ -82,3 +87,12 @@ token: $(VENV)/.synced $(DEV_SECRET)
 
 clean:
 	rm -rf $(VENV) .local/clickhouse .local/kafka
+
+# Dead letters of the running broker (`make run`), or of KAFKA_BOOTSTRAP_SERVERS.
+DLQ_FILTERS = $(if $(REASON),--reason $(REASON)) $(if $(OFFSETS),--offsets $(OFFSETS))
+
+dlq: $(VENV)/.synced $(DEV_SECRET)
+	@$(LOCAL_ENV) $(PY) -m functions.sink.replay list $(DLQ_FILTERS) $(if $(BODIES),--bodies)
+
+dlq-replay: $(VENV)/.synced $(DEV_SECRET)
+	@$(LOCAL_ENV) $(PY) -m functions.sink.replay replay $(DLQ_FILTERS) $(if $(DRY_RUN),--dry-run)

@@ -322,7 +322,7 @@ def main() -> int:
     print(f"starting Kafka {kafka_version()} on {broker.bootstrap_servers}", flush=True)
     broker.start()
     try:
-        topics = [(t.split(":", 2) + [""])[:3] for t in args.topic]
+        topics = [[*t.split(":", 2), ""][:3] for t in args.topic]
         broker.create_topics(
             {name: int(count) for name, count, _ in topics},
             {
