@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,7 @@ from functions.sink.dlq import DETAIL_HEADER, ORIGIN_HEADERS, REASON_HEADER
 __all__ = ["DeadLetter", "main", "read_dead_letters", "replay", "select"]
 
 REPLAYED_FROM_HEADER = "dlq.replayed-from"
+_POLL_SLICE_SECONDS = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +89,12 @@ def read_dead_letters(settings: Settings, timeout_seconds: float = 30.0) -> list
             [TopicPartition(settings.dlq_topic, p, OFFSET_BEGINNING) for p in remaining]
         )
         letters: list[DeadLetter] = []
+        deadline = time.monotonic() + timeout_seconds
         while remaining:
-            messages = consumer.consume(1000, timeout_seconds)
-            if not messages:
-                raise TimeoutError(f"{settings.dlq_topic}: no records for {timeout_seconds}s")
-            for message in messages:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{settings.dlq_topic} not read in {timeout_seconds}s")
+            # consume() returns early only once it has this many: short waits, many calls.
+            for message in consumer.consume(1000, _POLL_SLICE_SECONDS):
                 if message.error() is not None:
                     raise KafkaException(message.error())
                 letter = _dead_letter(message)
