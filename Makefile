@@ -13,7 +13,7 @@ PORT ?= 8080
 DLQ_TOPIC_CONFIG := retention.ms=2592000000
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
-.PHONY: dlq dlq-replay
+.PHONY: dlq dlq-replay observe trace logs
 .DEFAULT_GOAL := help
 
 help:
@@ -25,6 +25,8 @@ help:
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
 	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
 	@echo "make dlq     dead letters of the local broker by reason (BODIES=1 prints the values; REASON=, OFFSETS=A-B)"
+	@echo "make observe collector, Jaeger, OpenSearch, Spotlight on this machine; then make run OBSERVE=1"
+	@echo "make trace ID=<trace id>   a trace as a text waterfall; make logs TRACE=<trace id>: its log lines"
 	@echo "make dlq-replay         send the dead letters that now pass back to the sink (DRY_RUN=1, REASON=, OFFSETS=A-B)"
 
 $(UV):
@@ -44,9 +46,18 @@ schemas: $(VENV)/.synced
 setup: $(VENV)/.synced $(DEV_SECRET) schemas
 	@$(PY) infra/localkafka.py fetch >/dev/null
 
+# OBSERVE=1: export to `make observe` (OTLP to its collector, errors to Spotlight, access lines
+# on) and keep a copy of stdout for its log shipper.
+OBSERVE_ENV = OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 \
+	SENTRY_DSN=http://observe@127.0.0.1:8969/0 SENTRY_ENVIRONMENT=local LOG_ACCESS=true
+OBSERVE_TEE = 2>&1 | tee -ia .local/observe/functions.log
+
 run: setup
-	$(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --data .local/kafka --port 9092 \
-		--topic views:6 --topic views.dlq:1:$(DLQ_TOPIC_CONFIG) -- $(PY) -m functions.local
+	@$(if $(OBSERVE),mkdir -p .local/observe)
+	$(LOCAL_ENV) PORT=$(PORT) $(if $(OBSERVE),$(OBSERVE_ENV)) \
+		$(PY) infra/localkafka.py run --data .local/kafka --port 9092 \
+		--topic views:6 --topic views.dlq:1:$(DLQ_TOPIC_CONFIG) -- $(PY) -m functions.local \
+		$(if $(OBSERVE),$(OBSERVE_TEE))
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check functions clickhouse infra loadtest tests tools
@@ -96,3 +107,16 @@ dlq: $(VENV)/.synced $(DEV_SECRET)
 
 dlq-replay: $(VENV)/.synced $(DEV_SECRET)
 	@$(LOCAL_ENV) $(PY) -m functions.sink.replay replay $(DLQ_FILTERS) $(if $(DRY_RUN),--dry-run)
+
+# Real telemetry backends for `make run OBSERVE=1`, built and fetched once into .local/observe/
+# (Jaeger's first build takes ~5 min); not needed by `make test`.
+observe: $(VENV)/.synced
+	$(PY) infra/observe/observe.py up
+
+trace: $(VENV)/.synced
+	@test -n "$(ID)" || { echo "usage: make trace ID=<trace id>" >&2; exit 2; }
+	@$(PY) infra/observe/observe.py trace $(ID)
+
+logs: $(VENV)/.synced
+	@test -n "$(TRACE)" || { echo "usage: make logs TRACE=<trace id>" >&2; exit 2; }
+	@$(PY) infra/observe/observe.py logs $(TRACE)

@@ -149,8 +149,11 @@ def _before_send(event: Event, hint: Hint) -> Event | None:
             return None
         event.setdefault("extra", {})["not_reported_since_last"] = dropped
     context = trace.get_current_span().get_span_context()
-    if context.is_valid:
-        event.setdefault("tags", {})["trace_id"] = trace.format_trace_id(context.trace_id)
+    if context.is_valid:  # Sentry's own trace context becomes OpenTelemetry's, too
+        trace_id = trace.format_trace_id(context.trace_id)
+        event.setdefault("tags", {})["trace_id"] = trace_id
+        sentry_trace = event.setdefault("contexts", {}).setdefault("trace", {})
+        sentry_trace.update(trace_id=trace_id, span_id=trace.format_span_id(context.span_id))
     scrubbed: Event = scrub(event)
     return scrubbed
 

@@ -177,6 +177,7 @@ def test_warnings_are_reported_with_the_trace_id_of_the_current_span(
         logging.getLogger("functions.http.app").warning("kafka did not acknowledge: %s", "timeout")
     (event,) = endpoint.events()
     assert event["tags"]["trace_id"] == f"{trace_id:032x}"
+    assert event["contexts"]["trace"]["trace_id"] == f"{trace_id:032x}"
     assert event["logentry"]["message"] == "kafka did not acknowledge: %s"
 
 

@@ -56,6 +56,8 @@ def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2):
             return True
+    except urllib.error.HTTPError:
+        return True  # it answers
     except (urllib.error.URLError, OSError):
         return False
 
@@ -83,8 +85,9 @@ def _fetch_all() -> None:
     if not (spotlight / "node_modules" / ".bin" / "spotlight").exists():
         print("installing Spotlight 4.11.8 from npm...", flush=True)
         spotlight.mkdir(parents=True, exist_ok=True)
-        (spotlight / "package.json").write_bytes((HERE / "spotlight" / "package.json").read_bytes())
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=spotlight, check=True)
+        for name in ("package.json", "package-lock.json"):  # hono pinned by an override
+            (spotlight / name).write_bytes((HERE / "spotlight" / name).read_bytes())
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=spotlight, check=True)
 
 
 def _start(name: str, command: list[str], cwd: Path = LOCAL) -> subprocess.Popen[bytes]:
