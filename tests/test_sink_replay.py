@@ -7,7 +7,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from localkafka import end_offsets
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from localkafka import LocalKafka, end_offsets
 from support import RunningSink, count_final, eventually, fresh_database, produce_raw, view_record
 
 from clickhouse.store import ViewStore
@@ -77,3 +78,14 @@ def test_dead_letters_are_listed_and_the_ones_that_now_pass_are_replayed_once(
     ).result_rows
     assert {row[0] for row in stored} == {e.event_id for e in events}  # their own event_ids
     assert len(read_dead_letters(now)) == 4  # the poison stays; nothing is deleted
+
+
+def test_the_local_broker_keeps_dead_letters_30_days(kafka: LocalKafka) -> None:
+    month = {"retention.ms": "2592000000"}  # as `make run` and k8s/infra/kafka/topics.yaml set it
+    new, existing = f"dlq-new-{uuid.uuid4().hex[:8]}", f"dlq-old-{uuid.uuid4().hex[:8]}"
+    kafka.create_topics({existing: 1})
+    kafka.create_topics({new: 1, existing: 1}, {new: month, existing: month})
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    for topic in (new, existing):
+        (described,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+        assert described.result()["retention.ms"].value == month["retention.ms"], topic
