@@ -12,11 +12,14 @@ CLICKHOUSE_DSN ?= chdb://$(CURDIR)/.local/clickhouse
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET) CLICKHOUSE_DSN=$(CLICKHOUSE_DSN)
 PORT ?= 8080
 KAFKA_PORT ?= 9092
+# Dead letters wait for a person: kept 30 days, as in k8s/infra/kafka/topics.yaml.
+DLQ_TOPIC_CONFIG := retention.ms=2592000000
 # Held by `make run` (and what it starts) while it uses .local/; `make clean` needs it too.
 STACK_LOCK := .local/stack.lock
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
 .PHONY: cluster-up cluster-down dev
+.PHONY: dlq dlq-replay observe trace logs
 .DEFAULT_GOAL := help
 
 help:
@@ -31,6 +34,10 @@ help:
 	@echo "make cluster-up [OVERLAY=dev]   kind cluster, operators, secrets, image, overlay (docs/deployment.md)"
 	@echo "make dev     skaffold dev on that cluster, port-forwards to ingest, Kibana, ClickHouse"
 	@echo "make cluster-down       delete the kind cluster"
+	@echo "make dlq     dead letters of the local broker by reason (BODIES=1 prints the values; REASON=, OFFSETS=A-B)"
+	@echo "make observe collector, Jaeger, OpenSearch, Spotlight on this machine; then make run OBSERVE=1"
+	@echo "make trace ID=<trace id>   a trace as a text waterfall; make logs TRACE=<trace id>: its log lines"
+	@echo "make dlq-replay         send the dead letters that now pass back to the sink (DRY_RUN=1, REASON=, OFFSETS=A-B)"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -49,10 +56,19 @@ schemas: $(VENV)/.synced
 setup: $(VENV)/.synced $(DEV_SECRET) schemas
 	@$(PY) infra/localkafka.py fetch >/dev/null
 
+# OBSERVE=1: export to `make observe` (OTLP to its collector, errors to Spotlight, access lines
+# on) and keep a copy of stdout for its log shipper.
+OBSERVE_ENV = OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 \
+	SENTRY_DSN=http://observe@127.0.0.1:8969/0 SENTRY_ENVIRONMENT=local LOG_ACCESS=true
+OBSERVE_TEE = 2>&1 | tee -ia .local/observe/functions.log
+
 run: setup
-	@exec env $(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --lock $(STACK_LOCK) \
+	@$(if $(OBSERVE),mkdir -p .local/observe)
+	@exec env $(LOCAL_ENV) PORT=$(PORT) $(if $(OBSERVE),$(OBSERVE_ENV)) \
+		$(PY) infra/localkafka.py run --lock $(STACK_LOCK) \
 		--data .local/kafka --port $(KAFKA_PORT) --ready-url http://127.0.0.1:$(PORT)/readyz \
-		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
+		--topic views:6 --topic views.dlq:1:$(DLQ_TOPIC_CONFIG) -- $(PY) -m functions.local \
+		$(if $(OBSERVE),$(OBSERVE_TEE))
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check functions clickhouse infra loadtest tests tools
@@ -127,3 +143,25 @@ dev: setup
 .PHONY: abuse
 abuse: setup /usr/bin/wrk
 	PYTHONPATH=infra $(PY) -m loadtest.abuse $(ABUSE_ARGS)
+
+# Dead letters of the running broker (`make run`), or of KAFKA_BOOTSTRAP_SERVERS.
+DLQ_FILTERS = $(if $(REASON),--reason $(REASON)) $(if $(OFFSETS),--offsets $(OFFSETS))
+
+dlq: $(VENV)/.synced $(DEV_SECRET)
+	@$(LOCAL_ENV) $(PY) -m functions.sink.replay list $(DLQ_FILTERS) $(if $(BODIES),--bodies)
+
+dlq-replay: $(VENV)/.synced $(DEV_SECRET)
+	@$(LOCAL_ENV) $(PY) -m functions.sink.replay replay $(DLQ_FILTERS) $(if $(DRY_RUN),--dry-run)
+
+# Real telemetry backends for `make run OBSERVE=1`, built and fetched once into .local/observe/
+# (Jaeger's first build takes ~5 min); not needed by `make test`.
+observe: $(VENV)/.synced
+	$(PY) infra/observe/observe.py up
+
+trace: $(VENV)/.synced
+	@test -n "$(ID)" || { echo "usage: make trace ID=<trace id>" >&2; exit 2; }
+	@$(PY) infra/observe/observe.py trace $(ID)
+
+logs: $(VENV)/.synced
+	@test -n "$(TRACE)" || { echo "usage: make logs TRACE=<trace id>" >&2; exit 2; }
+	@$(PY) infra/observe/observe.py logs $(TRACE)

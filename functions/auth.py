@@ -24,6 +24,7 @@ from jwt.algorithms import get_default_algorithms
 
 from functions.errors import AuthError, AuthUnavailable, Forbidden, MissingToken
 from functions.events import CANONICAL_UUID
+from functions.logs import error_fields, url_fields
 from functions.settings import Settings, get_settings
 
 __all__ = [
@@ -119,7 +120,7 @@ class JwksKeys:
         timeout_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._url = url
+        self._url_fields = url_fields(url)  # logged without credentials or query
         self._algorithm = algorithm
         self._cache_seconds = cache_seconds
         self._min_refresh_seconds = min_refresh_seconds
@@ -171,7 +172,7 @@ class JwksKeys:
                 self._keys = self._fetch()
                 self._fetched_at = self._clock()
             except Exception as exc:  # keep serving the old keys; the next interval retries
-                log.warning("JWKS fetch failed", extra={"url": self._url, "error": repr(exc)})
+                log.warning("JWKS fetch failed", extra={**self._url_fields, **error_fields(exc)})
             finally:
                 self._background_refresh = False
 
@@ -191,7 +192,7 @@ class JwksKeys:
         }
         if not keys:
             log.warning(
-                "JWKS has no usable key", extra={"url": self._url, "algorithm": self._algorithm}
+                "JWKS has no usable key", extra={**self._url_fields, "algorithm": self._algorithm}
             )
         return keys
 

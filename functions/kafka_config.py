@@ -11,7 +11,12 @@ from typing import Any
 
 from functions.settings import Settings
 
-__all__ = ["consumer_config", "dead_letter_producer_config", "producer_config"]
+__all__ = [
+    "consumer_config",
+    "dead_letter_producer_config",
+    "dead_letter_reader_config",
+    "producer_config",
+]
 
 
 def _acknowledged_producer(settings: Settings, client_id: str) -> dict[str, Any]:
@@ -55,4 +60,16 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # here waited on the broker at ~190k records/s; with these it read ~340k.
         "max.partition.fetch.bytes": 10 * 2**20,
         "queued.min.messages": 500_000,
+    }
+
+
+def dead_letter_reader_config(settings: Settings, group_id: str) -> dict[str, Any]:
+    """The operator's reader of the dead-letter topic (``make dlq``): assigned partitions,
+    read from the start, nothing committed."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "client.id": "watch-progress-dlq-reader",
     }

@@ -298,6 +298,18 @@ class Settings(BaseSettings):
         description="How old the most-watched ranking served may be: it is computed at most "
         "once per this interval and shared by every caller.",
     )
+    # --- Error reports (Sentry) ---------------------------------------------------------------
+    sentry_dsn: str | None = Field(
+        None,
+        description="Sentry DSN: warnings, errors and every dead-lettered record are reported "
+        "there (docs/observability.md). Unset: nothing is sent.",
+    )
+    sentry_environment: str | None = Field(
+        None, description="Sentry `environment` of the reports (Sentry's default: production)."
+    )
+    sentry_release: str | None = Field(
+        None, description="Sentry `release` of the reports; default: the package version."
+    )
 
     @model_validator(mode="after")
     def _key_material_matches_algorithm(self) -> Settings:

@@ -37,7 +37,14 @@ from types import FrameType
 
 import psutil
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 from stacklock import StackBusy, StackLock
 
 INFRA = Path(__file__).resolve().parent
@@ -382,17 +389,36 @@ class LocalKafka:
             f"{reason} (log: {self.log_path})"
         )
 
-    def create_topics(self, partitions: dict[str, int]) -> None:
-        """Create the topics that do not exist yet."""
+    def create_topics(
+        self, partitions: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+    ) -> None:
+        """Create the topics that do not exist yet; set ``configs`` (topic -> settings such as
+        ``retention.ms``) on new and existing topics alike."""
+        configs = configs or {}
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         existing = admin.list_topics(timeout=10).topics
         wanted = [
-            NewTopic(name, num_partitions=count, replication_factor=1)
+            NewTopic(name, num_partitions=count, replication_factor=1, config=configs.get(name, {}))
             for name, count in partitions.items()
             if name not in existing
         ]
         if wanted:
             for future in admin.create_topics(wanted, operation_timeout=30).values():
+                future.result()
+        altered = [
+            ConfigResource(
+                ResourceType.TOPIC,
+                name,
+                incremental_configs=[
+                    ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+                    for key, value in settings.items()
+                ],
+            )
+            for name, settings in configs.items()
+            if name in existing and settings
+        ]
+        if altered:
+            for future in admin.incremental_alter_configs(altered).values():
                 future.result()
 
     def stop(self, timeout_seconds: float = 30) -> None:
@@ -532,8 +558,13 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
             print(f"warning: the broker found damaged data in {broker.data_dir}: {repairs}")
         assert broker.process is not None
         lock.describe(broker=broker.process.pid)
+        topics = [[*t.split(":", 2), ""][:3] for t in args.topic]
         broker.create_topics(
-            {name: int(count) for name, _, count in (t.partition(":") for t in args.topic)}
+            {name: int(count) for name, count, _ in topics},
+            {
+                name: dict(setting.split("=", 1) for setting in settings.split(",") if setting)
+                for name, _, settings in topics
+            },
         )
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
         with signals.held():
@@ -586,8 +617,8 @@ def main() -> int:
         "--topic",
         action="append",
         default=[],
-        metavar="NAME:PARTITIONS",
-        help="topic to create if missing (repeatable)",
+        metavar="NAME:PARTITIONS[:KEY=VALUE,...]",
+        help="topic to create if missing, with topic settings such as retention.ms (repeatable)",
     )
     run_parser.add_argument(
         "--ready-url", help="the command's readiness URL: 'ready' is printed once it answers 200"

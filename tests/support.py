@@ -85,11 +85,14 @@ def ingest_client(settings: Settings, store: ViewStore) -> Iterator[TestClient]:
 
 
 @contextlib.contextmanager
-def served_ingest(settings: Settings, store: ViewStore) -> Iterator[str]:
-    """The deployed ingest function on a real HTTP server on a free loopback port; its URL."""
+def served_ingest(
+    settings: Settings, store: ViewStore, wrap: Callable[[Any], Any] = lambda app: app
+) -> Iterator[str]:
+    """The deployed ingest function (in ``wrap``'s middleware, if given) on a real HTTP server
+    on a free loopback port; its URL."""
     with ingest_app(settings, store) as app:
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="off"
+            wrap(app), host="127.0.0.1", port=free_port(), log_config=None, lifespan="off"
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="served-ingest", daemon=True)

@@ -119,7 +119,7 @@ def test_log_access_writes_a_json_line_per_request(tmp_path: Path) -> None:
         for line in map(
             orjson.loads, (raw for raw in log.read_bytes().splitlines() if raw.startswith(b"{"))
         )
-        if line.get("log.logger") == "uvicorn.access"
+        if line["log"]["logger"] == "uvicorn.access"
     ]
     assert any("GET /healthz" in line["message"] for line in access), log.read_text()
 

@@ -11,7 +11,7 @@ from localkafka import free_port
 from support import ingest_client, make_token
 
 from clickhouse.store import ViewStore
-from functions.logs import JsonFormatter
+from functions.logs import EcsFormatter
 from functions.settings import Settings
 
 SECRET_MARKER = "body-secret-7d1c"
@@ -58,7 +58,7 @@ def test_tokens_and_bodies_are_never_logged(
                 headers={"Authorization": f"Bearer {good}", "content-type": "application/json"},
             )
     assert any(r.levelno >= logging.WARNING for r in caplog.records), "the 503 path was not hit"
-    formatter = JsonFormatter()
+    formatter = EcsFormatter("test")
     logged = "\n".join(formatter.format(record) for record in caplog.records)
     for secret in (good, forged, expired, good.split(".")[2], SECRET_MARKER):
         assert secret not in logged

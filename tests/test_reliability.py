@@ -468,7 +468,7 @@ def test_dead_letter_topic_missing_commits_nothing_past_poison_and_catches_up(
             1
             for r in caplog.records
             if r.getMessage() == "batch not stored, redelivering after back-off"
-            and "dead-letter" in r.error  # type: ignore[attr-defined]
+            and "dead-letter" in r.error["message"]  # type: ignore[attr-defined]
         )
 
     with RunningSink(own, database):

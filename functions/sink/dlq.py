@@ -7,11 +7,22 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Message, Producer
 
+from functions.error_reports import report_dead_letter
 from functions.kafka_config import dead_letter_producer_config
 from functions.settings import Settings
 from functions.sink.core import Rejected
 
-__all__ = ["DeadLetterPublisher"]
+__all__ = [
+    "DETAIL_HEADER",
+    "ORIGIN_HEADERS",
+    "REASON_HEADER",
+    "DeadLetterPublisher",
+    "report_rejected",
+]
+
+REASON_HEADER = "dlq.reason"
+DETAIL_HEADER = "dlq.detail"
+ORIGIN_HEADERS = ("dlq.origin.topic", "dlq.origin.partition", "dlq.origin.offset")
 
 
 class DeadLetterPublisher:
@@ -37,11 +48,13 @@ class DeadLetterPublisher:
                 value=origin.value,
                 key=origin.key,
                 headers=[
-                    ("dlq.reason", item.reason.value.encode()),
-                    ("dlq.detail", item.detail.encode()),
-                    ("dlq.origin.topic", origin.topic.encode()),
-                    ("dlq.origin.partition", str(origin.partition).encode()),
-                    ("dlq.origin.offset", str(origin.offset).encode()),
+                    (REASON_HEADER, item.reason.value.encode()),
+                    (DETAIL_HEADER, item.detail.encode()),
+                    *zip(
+                        ORIGIN_HEADERS,
+                        (str(part).encode() for part in origin[:3]),  # topic, partition, offset
+                        strict=True,
+                    ),
                 ],
                 on_delivery=on_delivery,
             )
@@ -51,3 +64,18 @@ class DeadLetterPublisher:
                 f"dead-letter topic did not acknowledge {unsent + len(failures)} records"
                 f" ({'; '.join(failures[:3])})"
             )
+        for item in rejected:
+            report_rejected(item, self._topic)
+
+
+def report_rejected(item: Rejected, dead_letter_topic: str) -> None:
+    """Report a record on its way to the dead-letter topic as an error report."""
+    origin = item.record
+    report_dead_letter(
+        origin.topic,
+        origin.partition,
+        origin.offset,
+        item.reason.value,
+        item.detail,
+        dead_letter_topic,
+    )

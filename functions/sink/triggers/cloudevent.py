@@ -24,6 +24,7 @@ from functions.problems import PROBLEM_CONTENT_TYPE, problem_body
 from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord
 from functions.sink.core import ViewsWriter, store_batch
+from functions.sink.dlq import report_rejected
 
 __all__ = ["CloudEventSink", "source_record"]
 
@@ -107,6 +108,7 @@ class CloudEventSink:
             raise _problem(503, "the view store is unavailable") from exc
         if result.rejected:
             rejected = result.rejected[0]
+            report_rejected(rejected, self._settings.dlq_topic)  # KafkaSource dead-letters it
             log.info(
                 "poison record rejected",
                 extra={

@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from functions.errors import StoreUnavailable
 from functions.kafka_config import consumer_config
+from functions.logs import error_fields
 from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord, rewind_positions
 from functions.sink.core import BatchResult, ViewsWriter, store_batch
@@ -196,11 +197,19 @@ class BatchConsumer:
     def _retry_later(self, batches: list[Batch], exc: Exception) -> None:
         initial = self._settings.sink_retry_initial_ms / 1000
         cap = self._settings.sink_retry_max_ms / 1000
-        self._backoff_seconds = min(cap, max(initial, self._backoff_seconds * 2))
+        previous, self._backoff_seconds = (
+            self._backoff_seconds,
+            min(cap, max(initial, self._backoff_seconds * 2)),
+        )
         log.warning(
             "batch not stored, redelivering after back-off",
-            extra={"error": str(exc), "backoff_seconds": self._backoff_seconds},
+            extra={**error_fields(exc), "backoff_seconds": self._backoff_seconds},
         )
+        if previous < cap <= self._backoff_seconds:  # once an outage, as the retries run out
+            log.error(
+                "batch still not stored after its retries; retrying at the capped back-off",
+                extra={**error_fields(exc), "backoff_seconds": self._backoff_seconds},
+            )
         for (topic, partition), first in rewind_positions(batches).items():
             try:
                 self._consumer.seek(TopicPartition(topic, partition, first))
