@@ -13,6 +13,7 @@ import gc
 from collections.abc import Callable
 from typing import TypeVar
 
+from functions import telemetry
 from functions.logs import configure_logging
 from functions.settings import Settings, get_settings
 
@@ -41,7 +42,8 @@ def start(build: Callable[[Settings], Built], gc_threshold: int) -> Built:
 
 
 def _instrument(settings: Settings) -> None:
-    """Process-wide instrumentation; none yet."""
+    """Process-wide instrumentation: OpenTelemetry (its variables checked here, at start)."""
+    telemetry.check_configuration()
 
 
 def collect_cycles_rarely(threshold: int) -> None:

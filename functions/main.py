@@ -1,7 +1,8 @@
 """The functions-framework entry points (``--source functions/main.py --target <name>``).
 
 - ``ingest``: the HTTP API (ASGI): ``functions-framework --target ingest --asgi``.
-- ``sink``: the KafkaSource CloudEvent trigger: ``functions-framework --target sink --asgi``.
+- ``sink``: the KafkaSource CloudEvent trigger (an HTTP function that parses the CloudEvent):
+  ``functions-framework --target sink --asgi``.
 
 The KEDA-style consumer loop is ``python -m functions.sink``; ``python -m functions.local`` hosts
 the ingest function and that loop in one process for local runs.
@@ -12,7 +13,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import functions_framework.aio
-from cloudevents.http.event import CloudEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -41,8 +41,8 @@ async def ingest(request: Request) -> Response:
     return await _ingest_api().handle(request)
 
 
-@functions_framework.aio.cloud_event
-def sink(event: CloudEvent) -> None:
-    # A plain function: functions-framework runs it in a worker thread, off the event loop,
-    # which is where a blocking ClickHouse insert belongs.
-    _cloud_event_sink().handle_event(event)
+# An HTTP function that reads the CloudEvent itself: a ``cloud_event`` one would not see the
+# request's ``traceparent`` header (functions/sink/triggers/cloudevent.py).
+@functions_framework.aio.http
+async def sink(request: Request) -> Response:
+    return await _cloud_event_sink().handle_request(request)

@@ -22,8 +22,13 @@ class DeadLetterPublisher:
         self._timeout_seconds = settings.kafka_delivery_timeout_ms / 1000
         self._producer = Producer(dead_letter_producer_config(settings))
 
-    def publish(self, rejected: Sequence[Rejected]) -> None:
-        """Return once every record is acknowledged; raise ``KafkaException`` otherwise."""
+    def publish(
+        self,
+        rejected: Sequence[Rejected],
+        trace_headers: Sequence[tuple[str, str | bytes | None]] = (),
+    ) -> None:
+        """Return once every record is acknowledged; raise ``KafkaException`` otherwise.
+        ``trace_headers`` (the dead-letter span's context) go on every record."""
         failures: list[str] = []
 
         def on_delivery(err: Any, _msg: Message) -> None:
@@ -42,6 +47,7 @@ class DeadLetterPublisher:
                     ("dlq.origin.topic", origin.topic.encode()),
                     ("dlq.origin.partition", str(origin.partition).encode()),
                     ("dlq.origin.offset", str(origin.offset).encode()),
+                    *trace_headers,
                 ],
                 on_delivery=on_delivery,
             )

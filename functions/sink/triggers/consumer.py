@@ -13,16 +13,17 @@ follows rebalances.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
+from itertools import repeat
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from functions import telemetry
 from functions.errors import StoreUnavailable
 from functions.kafka_config import consumer_config
 from functions.settings import Settings
@@ -30,23 +31,13 @@ from functions.sink.batch import Batch, SourceRecord, rewind_positions
 from functions.sink.core import BatchResult, ViewsWriter, store_batch
 from functions.sink.dlq import DeadLetterPublisher
 
-__all__ = ["BatchConsumer", "resident_set_bytes"]
+__all__ = ["BatchConsumer"]
 
 log = logging.getLogger(__name__)
 
 # confluent-kafka's consume() returns after this long without records, so that a stop request
 # or the end of a batch window is noticed promptly.
 _POLL_SLICE_SECONDS = 0.1
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-
-
-def resident_set_bytes() -> int | None:
-    """This process's current RSS (Linux ``/proc``), for the memory-over-time logs."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE_BYTES
-    except OSError:
-        return None
 
 
 class BatchConsumer:
@@ -66,6 +57,10 @@ class BatchConsumer:
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-store")
         self._in_flight: tuple[Batch, Future[BatchResult]] | None = None
         self._backoff_seconds = 0.0
+        self._committed: dict[tuple[str, int], int] = {}  # the lag gauge's reference
+        self._telemetry = telemetry.sink()
+        if self._telemetry is not None:
+            self._telemetry.observe_consumer(self._lag, lambda: self._backoff_seconds)
         self.batches_committed = 0
         self.records_stored = 0
         self.records_dead_lettered = 0
@@ -127,7 +122,7 @@ class BatchConsumer:
             messages = self._consumer.consume(max_records - len(self._buffer), timeout)
             if any(map(Message.error, messages)):  # a KafkaError is true, None false
                 messages = _without_errors(messages)
-            self._buffer.extend(_source_records(messages))
+            self._buffer.extend(_source_records(messages, self._telemetry is not None))
             if deadline is None and self._buffer:
                 deadline = time.monotonic() + window_seconds
 
@@ -135,10 +130,18 @@ class BatchConsumer:
         if self._backoff_seconds:
             stop.wait(self._backoff_seconds)
         batch, self._buffer = Batch(self._buffer), []
-        storing = self._storer.submit(
+        store: Callable[[], BatchResult] = partial(
             store_batch, batch, self._writer, self._settings.sink_max_record_bytes
         )
-        self._in_flight = (batch, storing)
+        if self._telemetry is not None:
+            self._telemetry.begin_batch(
+                batch,
+                self._settings.views_topic,
+                batch.records,
+                consumer_group=self._settings.sink_group_id,
+            )
+            store = self._telemetry.within_batch(batch, store)
+        self._in_flight = (batch, self._storer.submit(store))
 
     def _settle(self) -> None:
         """Finish the batch being stored: dead-letter its poison and commit it; or, if that
@@ -167,12 +170,22 @@ class BatchConsumer:
         rewind to the batch, with the one being stored meanwhile and every record read since."""
         try:
             if result.rejected:
-                self._dead_letters.publish(result.rejected)
+                self._dead_letter(batch, result)
         except KafkaException as exc:
             later = self._abandon_in_flight()
             self._retry_later([batch, *later, self._read_since()], exc)
             return
         self._commit(batch, result)
+
+    def _dead_letter(self, batch: Batch, result: BatchResult) -> None:
+        if self._telemetry is None:
+            self._dead_letters.publish(result.rejected)
+            return
+        reasons = (rejected.reason.value for rejected in result.rejected)
+        with self._telemetry.dead_letter_span(
+            batch, self._settings.dlq_topic, reasons
+        ) as trace_headers:
+            self._dead_letters.publish(result.rejected, trace_headers)
 
     def _abandon_in_flight(self) -> list[Batch]:
         """Wait for the batch being stored, whatever its outcome, and return it: it is read
@@ -197,6 +210,11 @@ class BatchConsumer:
             "batch not stored, redelivering after back-off",
             extra={"error": str(exc), "backoff_seconds": self._backoff_seconds},
         )
+        if self._telemetry is not None:
+            for batch in batches:
+                self._telemetry.end_batch(batch, exc)
+            cause = "store_unavailable" if isinstance(exc, StoreUnavailable) else "dead_letter"
+            self._telemetry.retried(cause)
         for (topic, partition), first in rewind_positions(batches).items():
             try:
                 self._consumer.seek(TopicPartition(topic, partition, first))
@@ -204,16 +222,26 @@ class BatchConsumer:
                 log.info("seek skipped: %s", seek_error)
 
     def _commit(self, batch: Batch, result: BatchResult) -> None:
+        offsets = batch.commit_offsets()
         try:
             next_offsets = [
                 TopicPartition(topic, partition, offset)
-                for (topic, partition), offset in batch.commit_offsets().items()
+                for (topic, partition), offset in offsets.items()
             ]
-            self._consumer.commit(offsets=next_offsets, asynchronous=False)
+            if self._telemetry is None:
+                self._consumer.commit(offsets=next_offsets, asynchronous=False)
+            else:
+                with self._telemetry.commit_span(batch, self._settings.views_topic):
+                    self._consumer.commit(offsets=next_offsets, asynchronous=False)
         except KafkaException as exc:
             # A rebalance took the partitions: their new owner redelivers, ClickHouse dedups.
             log.warning("commit failed, records will be redelivered: %s", exc)
+            if self._telemetry is not None:
+                self._telemetry.end_batch(batch, exc)
             return
+        if self._telemetry is not None:
+            self._telemetry.end_batch(batch)
+        self._committed.update(offsets)
         self.batches_committed += 1
         self.records_stored += result.stored
         self.records_dead_lettered += len(result.rejected)
@@ -227,9 +255,26 @@ class BatchConsumer:
                 "batches_committed": self.batches_committed,
                 "records_stored": self.records_stored,
                 "records_dead_lettered": self.records_dead_lettered,
-                "rss_bytes": resident_set_bytes(),
+                "rss_bytes": telemetry.resident_set_bytes(),
             },
         )
+
+    def _lag(self) -> dict[tuple[str, int], int]:
+        """Records of each assigned partition after this group's last commit (from the
+        high watermarks the consumer last fetched: no broker round trip)."""
+        lag = {}
+        try:
+            for tp in self._consumer.assignment():
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                committed = self._committed.get((tp.topic, tp.partition))
+                if committed is None:
+                    (position,) = self._consumer.position([tp])
+                    committed = position.offset
+                if high >= 0 and committed >= 0:
+                    lag[(tp.topic, tp.partition)] = max(0, high - committed)
+        except (KafkaException, RuntimeError):  # closed, or between assignments
+            return {}
+        return lag
 
 
 def _log_assigned(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -253,15 +298,17 @@ def _without_errors(messages: list[Message]) -> list[Message]:
 _new_source_record = partial(tuple.__new__, SourceRecord)
 
 
-def _source_records(messages: list[Message]) -> Iterator[SourceRecord]:
+def _source_records(messages: list[Message], with_headers: bool) -> Iterator[SourceRecord]:
     # Only C functions run per message (method descriptors, zip, tuple.__new__): a Python
     # function per message was a fifth of the consumer loop, the thread that reads the batches.
+    # Headers only when traced: they hold nothing else the sink reads.
     fields = zip(
         map(Message.topic, messages),
         map(Message.partition, messages),
         map(Message.offset, messages),
         map(Message.key, messages),
         map(Message.value, messages),
-        strict=True,
+        map(Message.headers, messages) if with_headers else repeat(None),
+        strict=False,
     )
     return map(_new_source_record, fields)
