@@ -405,7 +405,9 @@ class IngestTelemetry:
             self._rejected.add(1, {"reason": _REJECTION_REASONS.get(status, "other")})
         elif status == 207:  # a batch: each item has its own status
             items = orjson.loads(bytes(response.body)).get("items", [])
-            refused = Counter(i.get("status") for i in items if i.get("status") != "accepted")
+            refused = Counter(
+                item["problem"].get("status") for item in items if item.get("status") == "rejected"
+            )
             for item_status, count in refused.items():
                 reason = _REJECTION_REASONS.get(item_status, "other")
                 self._rejected.add(count, {"reason": reason})
@@ -723,7 +725,7 @@ class SinkTelemetry:
             "sink.consumer.lag",
             [observe_lag],
             unit="{message}",
-            description="Records of a partition not yet committed by this group",
+            description="Records of a partition after this group's last commit",
         )
         self._meter.create_observable_gauge(
             "sink.backoff",

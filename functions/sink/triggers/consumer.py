@@ -57,10 +57,12 @@ class BatchConsumer:
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-store")
         self._in_flight: tuple[Batch, Future[BatchResult]] | None = None
         self._backoff_seconds = 0.0
-        self._committed: dict[tuple[str, int], int] = {}  # the lag gauge's reference
+        # Per partition, as of its last commit; read by the lag gauge on the metrics thread (the
+        # consumer itself may be called only from this loop: called from there, it hung).
+        self._lag: dict[tuple[str, int], int] = {}
         self._telemetry = telemetry.sink()
         if self._telemetry is not None:
-            self._telemetry.observe_consumer(self._lag, lambda: self._backoff_seconds)
+            self._telemetry.observe_consumer(self._lag.copy, lambda: self._backoff_seconds)
         self.batches_committed = 0
         self.records_stored = 0
         self.records_dead_lettered = 0
@@ -103,6 +105,8 @@ class BatchConsumer:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         log.info("partitions revoked", extra={"partitions": sorted(p for _t, p in revoked)})
         self._buffer = [r for r in self._buffer if (r.topic, r.partition) not in revoked]
+        for topic_partition in revoked:
+            self._lag.pop(topic_partition, None)
 
     def _collect(self, stop: threading.Event) -> None:
         """Poll until the buffer holds a full batch, its wait time has passed, or a stop is
@@ -241,7 +245,7 @@ class BatchConsumer:
             return
         if self._telemetry is not None:
             self._telemetry.end_batch(batch)
-        self._committed.update(offsets)
+            self._measure_lag(offsets)
         self.batches_committed += 1
         self.records_stored += result.stored
         self.records_dead_lettered += len(result.rejected)
@@ -259,22 +263,15 @@ class BatchConsumer:
             },
         )
 
-    def _lag(self) -> dict[tuple[str, int], int]:
-        """Records of each assigned partition after this group's last commit (from the
-        high watermarks the consumer last fetched: no broker round trip)."""
-        lag = {}
-        try:
-            for tp in self._consumer.assignment():
-                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                committed = self._committed.get((tp.topic, tp.partition))
-                if committed is None:
-                    (position,) = self._consumer.position([tp])
-                    committed = position.offset
-                if high >= 0 and committed >= 0:
-                    lag[(tp.topic, tp.partition)] = max(0, high - committed)
-        except (KafkaException, RuntimeError):  # closed, or between assignments
-            return {}
-        return lag
+    def _measure_lag(self, committed: dict[tuple[str, int], int]) -> None:
+        """Records of each committed partition after the commit, from the high watermark the
+        consumer last fetched (cached: no broker round trip)."""
+        for (topic, partition), next_offset in committed.items():
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True
+            )
+            if high >= 0:
+                self._lag[(topic, partition)] = max(0, high - next_offset)
 
 
 def _log_assigned(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
