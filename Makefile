@@ -9,8 +9,11 @@ PY := $(VENV)/bin/python
 DEV_SECRET := .local/jwt-secret
 LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
 PORT ?= 8080
+# The OpenTelemetry variables given to make or set in the shell, handed to the functions as they
+# are (docs/observability.md); none set: nothing is exported.
+OTEL_ENV := $(foreach v,$(filter OTEL_%,$(.VARIABLES)),$(v)='$($(v))')
 
-.PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
+.PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short otelcol
 .DEFAULT_GOAL := help
 
 help:
@@ -20,6 +23,7 @@ help:
 	@echo "make chaos   100k events through broker, sink and ClickHouse faults; reconciles (CHAOS_ARGS=--help)"
 	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
+	@echo "make otelcol the OpenTelemetry Collector the tests send to (built once, Go)"
 	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
 
 $(UV):
@@ -40,7 +44,7 @@ setup: $(VENV)/.synced $(DEV_SECRET) schemas
 	@$(PY) infra/localkafka.py fetch >/dev/null
 
 run: setup
-	$(LOCAL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --data .local/kafka --port 9092 \
+	$(LOCAL_ENV) $(OTEL_ENV) PORT=$(PORT) $(PY) infra/localkafka.py run --data .local/kafka --port 9092 \
 		--topic views:6 --topic views.dlq:1 -- $(PY) -m functions.local
 
 lint: $(VENV)/.synced
@@ -75,6 +79,10 @@ bench: setup /usr/bin/wrk
 
 bench-short: setup /usr/bin/wrk
 	PYTHONPATH=infra $(PY) -m loadtest --profile short
+
+# The OpenTelemetry Collector of the tests (Go; built once into .local/otelcol/).
+otelcol: $(VENV)/.synced
+	PYTHONPATH=infra $(PY) infra/localotelcol.py build
 
 token: $(VENV)/.synced $(DEV_SECRET)
 	@test -n "$(SUB)" || { echo "usage: make token SUB=<user uuid>" >&2; exit 2; }
