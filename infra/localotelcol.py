@@ -38,10 +38,12 @@ def build() -> Path:
 
 
 class LocalCollector:
-    """The test collector on a free port, writing into ``out``; stopped on exit."""
+    """The collector on a free port, writing into ``out``; stopped on exit. ``config``:
+    ``config.yaml`` (JSON lines, for tests) or ``bench.yaml`` (counts only)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, config: str = "config.yaml") -> None:
         self.out = out
+        self._config = OTELCOL / config
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._log = out / "otelcol.log"
@@ -53,7 +55,7 @@ class LocalCollector:
         env = {**os.environ, "OTELCOL_PORT": str(self.port), "OTELCOL_OUT": str(self.out)}
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(
-                [str(binary), "--config", str(OTELCOL / "config.yaml")],
+                [str(binary), "--config", str(self._config)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
