@@ -19,9 +19,9 @@ spans for the inserts, the dead-letter produce and the commit.
 
 from __future__ import annotations
 
+import collections
 import os
 import time
-from collections import Counter
 from collections.abc import (
     Awaitable,
     Callable,
@@ -41,7 +41,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.propagators import TraceResponsePropagator
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -263,14 +263,73 @@ def _observe_process(meter: Meter) -> None:
     )
 
 
-def _error_type(exc: BaseException) -> str:
-    return type(exc).__qualname__
-
-
 def _failed(span: Span, attributes: dict[str, Any], exc: BaseException) -> None:
-    attributes["error.type"] = _error_type(exc)
+    attributes["error.type"] = type(exc).__qualname__
     span.set_attribute("error.type", attributes["error.type"])
     span.set_status(Status(StatusCode.ERROR, str(exc)))
+
+
+# The semantic conventions' advice for duration histograms, in seconds.
+_DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+
+
+def _duration(meter: Meter, name: str, description: str) -> Histogram:
+    return meter.create_histogram(
+        name,
+        unit="s",
+        description=description,
+        explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+    )
+
+
+@contextmanager
+def _measured(
+    span_in_use: AbstractContextManager[Span | None],
+    duration: Histogram,
+    attributes: dict[str, Any],
+) -> Iterator[Span | None]:
+    """A span in use, its failure recorded (``error.type``, status ERROR), and its duration
+    recorded in ``duration`` with ``attributes`` (``error.type`` included on failure)."""
+    started = time.perf_counter()
+    with span_in_use as span:
+        try:
+            yield span
+        except BaseException as exc:
+            if span is not None:
+                _failed(span, attributes, exc)
+            raise
+        finally:
+            duration.record(time.perf_counter() - started, attributes)
+
+
+@dataclass(frozen=True, slots=True)
+class _MessagingClient:
+    """The conventions' messaging client instruments, on a function's meter."""
+
+    operation_duration: Histogram
+    sent: Counter
+
+    @classmethod
+    def on(cls, meter: Meter) -> _MessagingClient:
+        return cls(
+            _duration(
+                meter,
+                "messaging.client.operation.duration",
+                "Duration of messaging operation initiated by a producer or consumer",
+            ),
+            meter.create_counter(
+                "messaging.client.sent.messages",
+                unit="{message}",
+                description="Number of messages producer attempted to send to the broker",
+            ),
+        )
+
+
+def _current_context_headers() -> KafkaHeaders:
+    """Kafka record headers that carry the current context (W3C ``traceparent``, ...)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(name, value.encode()) for name, value in carrier.items()]
 
 
 def _record_context(headers: KafkaHeaders | None) -> SpanContext | None:
@@ -294,42 +353,15 @@ class IngestTelemetry:
 
     def __init__(self, tracer: trace.Tracer, meter: Meter) -> None:
         self._tracer = tracer
-        self._duration = meter.create_histogram(
-            "http.server.request.duration",
-            unit="s",
-            description="Duration of HTTP server requests",
-            explicit_bucket_boundaries_advisory=[
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.075,
-                0.1,
-                0.25,
-                0.5,
-                0.75,
-                1,
-                2.5,
-                5,
-                7.5,
-                10,
-            ],
+        self._duration = _duration(
+            meter, "http.server.request.duration", "Duration of HTTP server requests"
         )
         self._active = meter.create_up_down_counter(
             "http.server.active_requests",
             unit="{request}",
             description="Number of active HTTP server requests",
         )
-        self._send_duration = meter.create_histogram(
-            "messaging.client.operation.duration",
-            unit="s",
-            description="Duration of messaging operation initiated by a producer or consumer",
-        )
-        self._sent = meter.create_counter(
-            "messaging.client.sent.messages",
-            unit="{message}",
-            description="Number of messages producer attempted to send to the broker",
-        )
+        self._messaging = _MessagingClient.on(meter)
         self._accepted = meter.create_counter(
             "ingest.events.accepted",
             unit="{event}",
@@ -405,7 +437,7 @@ class IngestTelemetry:
             self._rejected.add(1, {"reason": _REJECTION_REASONS.get(status, "other")})
         elif status == 207:  # a batch: each item has its own status
             items = orjson.loads(bytes(response.body)).get("items", [])
-            refused = Counter(
+            refused = collections.Counter(
                 item["problem"].get("status") for item in items if item.get("status") == "rejected"
             )
             for item_status, count in refused.items():
@@ -426,30 +458,23 @@ class IngestTelemetry:
         span_attributes = {**attributes, "messaging.operation.type": "send"}
         if message_id is not None:
             span_attributes["messaging.message.id"] = message_id
-        started = time.perf_counter()
-        with self._tracer.start_as_current_span(
+        span_in_use = self._tracer.start_as_current_span(
             f"send {topic}", kind=SpanKind.PRODUCER, attributes=span_attributes
-        ) as span:
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            headers: KafkaHeaders = [(name, value.encode()) for name, value in carrier.items()]
+        )
+        try:
+            with _measured(span_in_use, self._messaging.operation_duration, attributes) as span:
+                assert span is not None
 
-            def acknowledged(partition: int | None, offset: int | None) -> None:
-                if partition is not None:
-                    span.set_attribute("messaging.destination.partition.id", str(partition))
-                if offset is not None:
-                    span.set_attribute("messaging.kafka.offset", offset)
+                def acknowledged(partition: int | None, offset: int | None) -> None:
+                    if partition is not None:
+                        span.set_attribute("messaging.destination.partition.id", str(partition))
+                    if offset is not None:
+                        span.set_attribute("messaging.kafka.offset", offset)
 
-            try:
-                yield headers, acknowledged
-            except BaseException as exc:
-                _failed(span, attributes, exc)
-                raise
-            finally:
-                self._send_duration.record(time.perf_counter() - started, attributes)
-                self._sent.add(1, attributes)
-        if "error.type" not in attributes:
-            self._accepted.add(1)
+                yield _current_context_headers(), acknowledged
+        finally:
+            self._messaging.sent.add(1, attributes)
+        self._accepted.add(1)
 
 
 @dataclass(slots=True)
@@ -473,31 +498,18 @@ class SinkTelemetry:
             unit="{message}",
             description="Number of messages that were delivered to the application",
         )
-        self._process_duration = meter.create_histogram(
-            "messaging.process.duration",
-            unit="s",
-            description="Duration of processing operation",
+        self._process_duration = _duration(
+            meter, "messaging.process.duration", "Duration of processing operation"
         )
-        self._operation_duration = meter.create_histogram(
-            "messaging.client.operation.duration",
-            unit="s",
-            description="Duration of messaging operation initiated by a producer or consumer",
-        )
-        self._sent = meter.create_counter(
-            "messaging.client.sent.messages",
-            unit="{message}",
-            description="Number of messages producer attempted to send to the broker",
-        )
+        self._messaging = _MessagingClient.on(meter)
         self._batch_size = meter.create_histogram(
             "sink.batch.size",
             unit="{record}",
             description="Records a batch",
             explicit_bucket_boundaries_advisory=[1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000],
         )
-        self._db_duration = meter.create_histogram(
-            "db.client.operation.duration",
-            unit="s",
-            description="Duration of database client operations",
+        self._db_duration = _duration(
+            meter, "db.client.operation.duration", "Duration of database client operations"
         )
         self._rows = meter.create_counter(
             "sink.rows.inserted", unit="{row}", description="Rows ClickHouse accepted"
@@ -615,8 +627,7 @@ class SinkTelemetry:
             "db.operation.name": "INSERT",
             "db.collection.name": table,
         }
-        started = time.perf_counter()
-        with self._tracer.start_as_current_span(
+        span_in_use = self._tracer.start_as_current_span(
             f"INSERT {table}",
             kind=SpanKind.CLIENT,
             attributes={
@@ -624,14 +635,9 @@ class SinkTelemetry:
                 "db.operation.batch.size": rows,
                 "sink.dedup_token": dedup_token,
             },
-        ) as span:
-            try:
-                yield
-            except BaseException as exc:
-                _failed(span, attributes, exc)
-                raise
-            finally:
-                self._db_duration.record(time.perf_counter() - started, attributes)
+        )
+        with _measured(span_in_use, self._db_duration, attributes):
+            yield
         self._rows.add(rows, {"db.collection.name": table})
 
     @contextmanager
@@ -640,15 +646,14 @@ class SinkTelemetry:
     ) -> Iterator[KafkaHeaders]:
         """The PRODUCER span of a batch's dead-letter records; yields the headers that carry
         its context (one for all the records: the cost is per batch)."""
-        counted = Counter(reasons)
+        counted = collections.Counter(reasons)
         records = sum(counted.values())
         attributes: dict[str, Any] = {
             "messaging.system": "kafka",
             "messaging.destination.name": topic,
             "messaging.operation.name": "send",
         }
-        started = time.perf_counter()
-        with self.child(
+        span_in_use = self.child(
             batch_key,
             f"send {topic}",
             SpanKind.PRODUCER,
@@ -657,18 +662,12 @@ class SinkTelemetry:
                 "messaging.operation.type": "send",
                 "messaging.batch.message_count": records,
             },
-        ) as span:
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            try:
-                yield [(name, value.encode()) for name, value in carrier.items()]
-            except BaseException as exc:
-                if span is not None:
-                    _failed(span, attributes, exc)
-                raise
-            finally:
-                self._operation_duration.record(time.perf_counter() - started, attributes)
-                self._sent.add(records, attributes)
+        )
+        try:
+            with _measured(span_in_use, self._messaging.operation_duration, attributes):
+                yield _current_context_headers()
+        finally:
+            self._messaging.sent.add(records, attributes)
         for reason, count in counted.items():
             self._dead_letters.add(count, {"reason": reason})
 
@@ -680,21 +679,14 @@ class SinkTelemetry:
             "messaging.destination.name": topic,
             "messaging.operation.name": "commit",
         }
-        started = time.perf_counter()
-        with self.child(
+        span_in_use = self.child(
             batch_key,
             f"commit {topic}",
             SpanKind.CLIENT,
             {**attributes, "messaging.operation.type": "settle"},
-        ) as span:
-            try:
-                yield
-            except BaseException as exc:
-                if span is not None:
-                    _failed(span, attributes, exc)
-                raise
-            finally:
-                self._operation_duration.record(time.perf_counter() - started, attributes)
+        )
+        with _measured(span_in_use, self._messaging.operation_duration, attributes):
+            yield
 
     def retried(self, cause: str) -> None:
         self._retries.add(1, {"cause": cause})
