@@ -57,6 +57,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 __all__ = [
     "IngestTelemetry",
     "KafkaHeaders",
+    "ReceivedHeaders",
     "SinkTelemetry",
     "check_configuration",
     "cloud_event_parent",
@@ -101,6 +102,7 @@ _RESPONSE_PROPAGATOR = TraceResponsePropagator()
 Result = TypeVar("Result")
 # Kafka record headers as confluent-kafka takes and gives them.
 KafkaHeaders = list[tuple[str, str | bytes | None]]
+ReceivedHeaders = KafkaHeaders | dict[str, str | bytes | None]
 
 
 class _Request(Protocol):
@@ -127,13 +129,6 @@ class _Response(Protocol):
 
 RequestT = TypeVar("RequestT", bound=_Request)
 ResponseT = TypeVar("ResponseT", bound=_Response)
-
-
-class _Record(Protocol):
-    """What the sink's telemetry reads of a record: its headers."""
-
-    @property
-    def headers(self) -> KafkaHeaders | None: ...
 
 
 def resident_set_bytes() -> int | None:
@@ -338,12 +333,12 @@ def _current_context_headers() -> KafkaHeaders:
     return [(name, value.encode()) for name, value in carrier.items()]
 
 
-def _record_context(headers: KafkaHeaders | None) -> SpanContext | None:
+def _record_context(headers: ReceivedHeaders | None) -> SpanContext | None:
     """The valid producer context in a record's headers, else None (missing or garbage alike:
     a record is never judged by its telemetry)."""
     if not headers:
         return None
-    for name, value in headers:
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
         if name == _TRACEPARENT and value:
             try:
                 carrier = {_TRACEPARENT: value if isinstance(value, str) else value.decode()}
@@ -523,14 +518,18 @@ class SinkTelemetry:
 
     # --- the batch span -------------------------------------------------------------------
 
-    def links(self, records: Sequence[_Record]) -> list[Link]:
-        """Links to the sampled producer contexts of at most ``max_links`` records, examined at
-        an even stride over the batch (so the cost is per batch: ``max_links`` header parses,
-        however many records)."""
-        stride = max(1, -(-len(records) // self.max_links))  # ceil
+    def header_stride(self, max_records: int) -> int:
+        """Read the headers of every this-many records of a batch of up to ``max_records``:
+        at most ``max_links`` records' headers a batch are read at all."""
+        return max(1, -(-max_records // self.max_links))  # ceil
+
+    def links(self, headers: Sequence[ReceivedHeaders | None]) -> list[Link]:
+        """Links to the sampled producer contexts among ``headers`` (records' headers), at most
+        ``max_links`` of them examined, at an even stride."""
+        stride = max(1, -(-len(headers) // self.max_links))  # ceil
         links = []
-        for record in records[::stride]:
-            context = _record_context(record.headers)
+        for record_headers in headers[::stride]:
+            context = _record_context(record_headers)
             if context is not None and context.trace_flags.sampled:
                 links.append(Link(context))
         return links
@@ -539,19 +538,21 @@ class SinkTelemetry:
         self,
         batch_key: object,
         topic: str,
-        records: Sequence[_Record],
+        records: int,
+        headers: Sequence[ReceivedHeaders | None],
         parent: otel_context.Context | None = None,
         consumer_group: str | None = None,
     ) -> None:
-        """Start the CONSUMER span ``process <topic>`` of a batch (ended by ``end_batch``)."""
-        links = self.links(records)
+        """Start the CONSUMER span ``process <topic>`` of a batch of ``records``, linked to the
+        producer contexts in ``headers`` (of some of its records); ended by ``end_batch``."""
+        links = self.links(headers)
         attributes: dict[str, Any] = {
             "messaging.system": "kafka",
             "messaging.destination.name": topic,
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
-            "messaging.batch.message_count": len(records),
-            "sink.links.omitted": len(records) - len(links),
+            "messaging.batch.message_count": records,
+            "sink.links.omitted": records - len(links),
         }
         if consumer_group is not None:
             attributes["messaging.consumer.group.name"] = consumer_group
@@ -563,10 +564,10 @@ class SinkTelemetry:
             links=links,
         )
         self._batches[id(batch_key)] = _BatchTrace(
-            span, trace.set_span_in_context(span), time.perf_counter(), len(records)
+            span, trace.set_span_in_context(span), time.perf_counter(), records
         )
-        self._consumed.add(len(records), {"messaging.system": "kafka"})
-        self._batch_size.record(len(records))
+        self._consumed.add(records, {"messaging.system": "kafka"})
+        self._batch_size.record(records)
 
     def within_batch(self, batch_key: object, work: Callable[[], Result]) -> Callable[[], Result]:
         """``work`` to run on any thread as a child of the batch's span."""

@@ -281,18 +281,16 @@ def test_batch_links_are_bounded_by_the_sdk_link_limit(captured: Captured) -> No
     sink = telemetry.sink()
     assert sink is not None
 
-    @dataclass
-    class Record:
-        headers: list[tuple[str, str | bytes | None]] | None
+    def traced(index: int, flags: str = "01") -> list[tuple[str, str | bytes | None]]:
+        return [("traceparent", f"00-{CALLER_TRACE}-{index + 1:016x}-{flags}".encode())]
 
-    def traced(index: int) -> Record:
-        return Record([("traceparent", f"00-{CALLER_TRACE}-{index + 1:016x}-01".encode())])
-
-    records = [traced(i) for i in range(50_000)]
-    links = sink.links(records)
-    assert len(links) == sink.max_links == 128
-    unsampled = [Record([("traceparent", f"00-{CALLER_TRACE}-{1:016x}-00".encode())])] * 10
-    assert sink.links(unsampled) == []
+    # The consumer loop reads every stride-th record's headers, the links come from those.
+    stride = sink.header_stride(50_000)
+    assert stride == -(-50_000 // 128)
+    read = [traced(i) for i in range(50_000)][::stride]
+    assert len(sink.links(read)) == len(read) <= sink.max_links == 128
+    assert 100 < len(sink.links([traced(i) for i in range(1_000)])) <= 128
+    assert sink.links([traced(1, "00")] * 10) == []
 
 
 def test_nothing_is_built_without_an_export_asked_for(

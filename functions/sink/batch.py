@@ -23,8 +23,6 @@ class SourceRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-    # As confluent-kafka gives them; read only for trace context (None when not traced).
-    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 TopicPartition = tuple[str, int]

@@ -36,6 +36,7 @@ from functions.problems import PROBLEM_CONTENT_TYPE, problem_body
 from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord
 from functions.sink.core import BatchResult, ViewsWriter, store_batch
+from functions.telemetry import KafkaHeaders
 
 __all__ = ["CloudEventSink", "source_record"]
 
@@ -69,19 +70,22 @@ def source_record(attributes: dict[str, Any], data: Any) -> SourceRecord:
     source = str(attributes.get("source", ""))
     topic = source.rpartition("#")[2] if "#" in source else source
     key = attributes.get("key") or attributes.get("partitionkey")
-    headers: list[tuple[str, str | bytes | None]] = [
-        (name.removeprefix(_KAFKA_HEADER_PREFIX), str(value).encode())
-        for name, value in attributes.items()
-        if name.startswith(_KAFKA_HEADER_PREFIX)
-    ]
     return SourceRecord(
         topic=topic,
         partition=int(match.group(1)),
         offset=int(match.group(2)),
         key=str(key).encode() if key is not None else None,
         value=_data_bytes(data),
-        headers=headers or None,
     )
+
+
+def kafka_headers(attributes: dict[str, Any]) -> KafkaHeaders:
+    """The record's headers, as KafkaSource forwards them (``kafkaheader<name>`` extensions)."""
+    return [
+        (name.removeprefix(_KAFKA_HEADER_PREFIX), str(value).encode())
+        for name, value in attributes.items()
+        if name.startswith(_KAFKA_HEADER_PREFIX)
+    ]
 
 
 def _problem(status: int, detail: str, **extensions: Any) -> HTTPException:
@@ -129,8 +133,9 @@ class CloudEventSink:
         if self._telemetry is None:
             self._conclude(batch, attributes, store())
             return
-        parent = telemetry.cloud_event_parent(http_headers or {}, attributes, record.headers)
-        self._telemetry.begin_batch(batch, record.topic, [record], parent=parent)
+        headers = kafka_headers(attributes)
+        parent = telemetry.cloud_event_parent(http_headers or {}, attributes, headers)
+        self._telemetry.begin_batch(batch, record.topic, 1, [headers], parent=parent)
         try:
             result = self._telemetry.within_batch(batch, store)()
         except HTTPException as exc:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
-from itertools import repeat
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -30,6 +29,7 @@ from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord, rewind_positions
 from functions.sink.core import BatchResult, ViewsWriter, store_batch
 from functions.sink.dlq import DeadLetterPublisher
+from functions.telemetry import ReceivedHeaders
 
 __all__ = ["BatchConsumer"]
 
@@ -61,8 +61,12 @@ class BatchConsumer:
         # consumer itself may be called only from this loop: called from there, it hung).
         self._lag: dict[tuple[str, int], int] = {}
         self._telemetry = telemetry.sink()
+        # Traced: the headers of every this-many records read, for the batch span's links.
+        self._header_stride = 0
+        self._link_headers: list[ReceivedHeaders | None] = []
         if self._telemetry is not None:
             self._telemetry.observe_consumer(self._lag.copy, lambda: self._backoff_seconds)
+            self._header_stride = self._telemetry.header_stride(settings.sink_batch_max_records)
         self.batches_committed = 0
         self.records_stored = 0
         self.records_dead_lettered = 0
@@ -105,6 +109,7 @@ class BatchConsumer:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         log.info("partitions revoked", extra={"partitions": sorted(p for _t, p in revoked)})
         self._buffer = [r for r in self._buffer if (r.topic, r.partition) not in revoked]
+        self._link_headers = []  # links are examples: those left may name revoked records
         for topic_partition in revoked:
             self._lag.pop(topic_partition, None)
 
@@ -126,7 +131,9 @@ class BatchConsumer:
             messages = self._consumer.consume(max_records - len(self._buffer), timeout)
             if any(map(Message.error, messages)):  # a KafkaError is true, None false
                 messages = _without_errors(messages)
-            self._buffer.extend(_source_records(messages, self._telemetry is not None))
+            if self._header_stride:
+                self._link_headers.extend(map(Message.headers, messages[:: self._header_stride]))
+            self._buffer.extend(_source_records(messages))
             if deadline is None and self._buffer:
                 deadline = time.monotonic() + window_seconds
 
@@ -134,6 +141,7 @@ class BatchConsumer:
         if self._backoff_seconds:
             stop.wait(self._backoff_seconds)
         batch, self._buffer = Batch(self._buffer), []
+        link_headers, self._link_headers = self._link_headers, []
         store: Callable[[], BatchResult] = partial(
             store_batch, batch, self._writer, self._settings.sink_max_record_bytes
         )
@@ -141,7 +149,8 @@ class BatchConsumer:
             self._telemetry.begin_batch(
                 batch,
                 self._settings.views_topic,
-                batch.records,
+                len(batch),
+                link_headers,
                 consumer_group=self._settings.sink_group_id,
             )
             store = self._telemetry.within_batch(batch, store)
@@ -204,6 +213,7 @@ class BatchConsumer:
     def _read_since(self) -> Batch:
         """The records read since the batch in flight, dropped (they are rewound with it)."""
         read, self._buffer = Batch(self._buffer), []
+        self._link_headers = []
         return read
 
     def _retry_later(self, batches: list[Batch], exc: Exception) -> None:
@@ -295,17 +305,15 @@ def _without_errors(messages: list[Message]) -> list[Message]:
 _new_source_record = partial(tuple.__new__, SourceRecord)
 
 
-def _source_records(messages: list[Message], with_headers: bool) -> Iterator[SourceRecord]:
+def _source_records(messages: list[Message]) -> Iterator[SourceRecord]:
     # Only C functions run per message (method descriptors, zip, tuple.__new__): a Python
     # function per message was a fifth of the consumer loop, the thread that reads the batches.
-    # Headers only when traced: they hold nothing else the sink reads.
     fields = zip(
         map(Message.topic, messages),
         map(Message.partition, messages),
         map(Message.offset, messages),
         map(Message.key, messages),
         map(Message.value, messages),
-        map(Message.headers, messages) if with_headers else repeat(None),
-        strict=False,
+        strict=True,
     )
     return map(_new_source_record, fields)
