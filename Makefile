@@ -19,7 +19,10 @@ STACK_LOCK := .local/stack.lock
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
 .PHONY: cluster-up cluster-down dev
-.PHONY: dlq dlq-replay observe trace logs
+.PHONY: dlq dlq-replay observe trace logs otelcol
+# The OpenTelemetry variables given to make or set in the shell, handed to the functions as they
+# are (docs/observability.md); none set: nothing is exported.
+OTEL_ENV := $(foreach v,$(filter OTEL_%,$(.VARIABLES)),$(v)='$($(v))')
 .DEFAULT_GOAL := help
 
 help:
@@ -29,6 +32,7 @@ help:
 	@echo "make chaos   100k events through broker, sink and ClickHouse faults; reconciles (CHAOS_ARGS=--help)"
 	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
+	@echo "make otelcol the OpenTelemetry Collector the tests send to (built once, Go)"
 	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
 	@echo "make diagrams           render docs/architecture/*.puml to the SVGs shown in the docs"
 	@echo "make cluster-up [OVERLAY=dev]   kind cluster, operators, secrets, image, overlay (docs/deployment.md)"
@@ -64,7 +68,7 @@ OBSERVE_TEE = 2>&1 | tee -ia .local/observe/functions.log
 
 run: setup
 	@$(if $(OBSERVE),mkdir -p .local/observe)
-	@exec env $(LOCAL_ENV) PORT=$(PORT) $(if $(OBSERVE),$(OBSERVE_ENV)) \
+	@exec env $(LOCAL_ENV) $(OTEL_ENV) PORT=$(PORT) $(if $(OBSERVE),$(OBSERVE_ENV)) \
 		$(PY) infra/localkafka.py run --lock $(STACK_LOCK) \
 		--data .local/kafka --port $(KAFKA_PORT) --ready-url http://127.0.0.1:$(PORT)/readyz \
 		--topic views:6 --topic views.dlq:1:$(DLQ_TOPIC_CONFIG) -- $(PY) -m functions.local \
@@ -106,6 +110,10 @@ bench: setup /usr/bin/wrk
 
 bench-short: setup /usr/bin/wrk
 	PYTHONPATH=infra $(PY) -m loadtest --profile short
+
+# The OpenTelemetry Collector of the tests (Go; built once into .local/otelcol/).
+otelcol: $(VENV)/.synced
+	PYTHONPATH=infra $(PY) infra/localotelcol.py build
 
 token: $(VENV)/.synced $(DEV_SECRET)
 	@test -n "$(SUB)" || { echo "usage: make token SUB=<user uuid>" >&2; exit 2; }

@@ -13,6 +13,7 @@ import gc
 from collections.abc import Callable
 from typing import TypeVar
 
+from functions import telemetry
 from functions.error_reports import configure_error_reports
 from functions.logs import configure_logging
 from functions.settings import Settings, get_settings
@@ -42,7 +43,9 @@ def start(build: Callable[[Settings], Built], gc_threshold: int) -> Built:
 
 
 def _instrument(settings: Settings) -> None:
-    """Process-wide instrumentation."""
+    """Process-wide instrumentation: OpenTelemetry (its variables checked here, at start), then
+    error reports, which tag each event with the current trace."""
+    telemetry.check_configuration()
     configure_error_reports(settings)
 
 

@@ -80,11 +80,10 @@ async def _probe(request: Request) -> Response:
 async def sink(request: Request) -> Response:
     if request.method == "GET":
         return await _probe(request)
-    body = await request.body()
-    # The insert blocks: on a worker thread, off the event loop. Its problems (4xx, 5xx) are
-    # raised as HTTPException and answered by Starlette.
-    await run_in_threadpool(_cloud_event_sink().handle_request, request.headers, body)
-    return Response("OK")
+    # The function reads the CloudEvent itself, so that it sees the request's ``traceparent``
+    # header too (functions/sink/triggers/cloudevent.py); problems (4xx, 5xx) are raised as
+    # HTTPException and answered by Starlette.
+    return await _cloud_event_sink().handle_request(request)
 
 
 @functions_framework.aio.http

@@ -15,9 +15,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from functions import telemetry
 from functions.errors import DeliveryFailed
 from functions.kafka_config import producer_config
 from functions.settings import Settings
+from functions.telemetry import IngestTelemetry, KafkaHeaders
 
 __all__ = ["AsyncProducer"]
 
@@ -32,28 +34,55 @@ _POLL_INTERVAL_SECONDS = 0.001
 class AsyncProducer:
     """Produces records and awaits their delivery reports without blocking the event loop."""
 
-    def __init__(self, config: dict[str, Any], delivery_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        delivery_timeout_ms: int,
+        telemetry: IngestTelemetry | None = None,
+    ) -> None:
         self._producer = Producer(config)
+        self._telemetry = telemetry
         self._guard_seconds = delivery_timeout_ms / 1000 + _GUARD_SLACK_SECONDS
         self._waiting = 0
         self._reporter: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AsyncProducer:
-        return cls(producer_config(settings), settings.kafka_delivery_timeout_ms)
+        return cls(
+            producer_config(settings), settings.kafka_delivery_timeout_ms, telemetry.ingest()
+        )
 
     async def _serve_delivery_reports(self) -> None:
         while self._waiting:
             self._producer.poll(0)
             await asyncio.sleep(_POLL_INTERVAL_SECONDS)
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Produce one record; return when the broker acknowledged it, else ``DeliveryFailed``."""
+    async def send(
+        self, topic: str, key: bytes, value: bytes, message_id: str | None = None
+    ) -> None:
+        """Produce one record; return when the broker acknowledged it, else ``DeliveryFailed``.
+
+        Traced, the record's headers carry the context of its PRODUCER span (W3C
+        ``traceparent``), which ends with the acknowledged partition and offset."""
+        if self._telemetry is None:
+            await self._deliver(topic, key, value, None)
+            return
+        with self._telemetry.producer_span(topic, message_id) as (headers, acknowledged):
+            message = await self._deliver(topic, key, value, headers)
+            acknowledged(message.partition(), message.offset())
+
+    async def _deliver(
+        self, topic: str, key: bytes, value: bytes, headers: KafkaHeaders | None
+    ) -> Message:
         loop = asyncio.get_running_loop()
-        delivered: asyncio.Future[None] = loop.create_future()
+        delivered: asyncio.Future[Message] = loop.create_future()
         try:
             self._producer.produce(
-                topic, value=value, key=key, on_delivery=partial(_resolve, delivered)
+                topic,
+                value=value,
+                key=key,
+                headers=headers,
+                on_delivery=partial(_resolve, delivered),
             )
         except BufferError as exc:
             raise DeliveryFailed("the producer's queue is full") from exc
@@ -66,7 +95,7 @@ class AsyncProducer:
         # future and callback, a measurable share of a request that does little else.
         guard = loop.call_later(self._guard_seconds, _expire, delivered)
         try:
-            await delivered
+            return await delivered
         finally:
             guard.cancel()
             self._waiting -= 1
@@ -88,15 +117,15 @@ class AsyncProducer:
         return remaining
 
 
-def _expire(delivered: asyncio.Future[None]) -> None:
+def _expire(delivered: asyncio.Future[Message]) -> None:
     if not delivered.done():
         delivered.set_exception(DeliveryFailed("no delivery report in time"))
 
 
-def _resolve(delivered: asyncio.Future[None], err: KafkaError | None, _msg: Message) -> None:
+def _resolve(delivered: asyncio.Future[Message], err: KafkaError | None, msg: Message) -> None:
     if delivered.done() or delivered.get_loop().is_closed():  # the guard or shutdown came first
         return
     if err is None:
-        delivered.set_result(None)
+        delivered.set_result(msg)
     else:
         delivered.set_exception(DeliveryFailed(f"not acknowledged: {err.str()}"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localkafka import LocalKafka, free_port
+from localotelcol import LocalCollector
 
 from loadtest.processes import BIN, Service, tree_cpu_seconds
 from loadtest.request_pool import make_pool, write_pool
@@ -64,6 +65,7 @@ class Harness:
         self.kafka.start()
         self.pool = make_pool(self.secret, size=20_000, viewers=2_000, movies=1_000)
         self.pool_file = write_pool(self.pool, scratch / "requests.tsv")
+        self._collector: LocalCollector | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -93,6 +95,17 @@ class Harness:
             **extra,
         }
 
+    def traced_env(self) -> dict[str, str]:
+        """What turns tracing on in a function: every trace sampled, OTLP to a local collector
+        (started on first use)."""
+        if self._collector is None:
+            progress("starting the OpenTelemetry Collector")
+            self._collector = LocalCollector(self.scratch / "otelcol", "bench.yaml").__enter__()
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self._collector.endpoint,
+            "OTEL_TRACES_SAMPLER": "always_on",
+        }
+
     def service(self, name: str, argv: list[str], env: dict[str, str]) -> Service:
         return Service(name, argv, env, self.scratch / f"{name}.log")
 
@@ -100,6 +113,8 @@ class Harness:
         return [str(BIN / "python"), *args]
 
     def close(self) -> None:
+        if self._collector is not None:
+            self._collector.__exit__(None, None, None)
         progress("stopping Kafka")
         self.kafka.stop()
 

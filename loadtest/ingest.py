@@ -1,7 +1,8 @@
-"""Scenarios 1 and 2: POST /v1/views at fixed concurrency, ours against the seed's stack.
+"""Scenarios 1 and 2: POST /v1/views at fixed concurrency, ours against the seed's stack, and
+ours with every request traced (OpenTelemetry, always-on sampler, OTLP to a local collector).
 
-Both servers run side by side on the same broker, one worker process each, each producing to its
-own topic; runs alternate (ours, baseline, ours, baseline, ...) so that drift of this shared
+The servers run side by side on the same broker, one worker process each, each producing to its
+own topic; runs alternate (ours, traced, baseline, ours, ...) so that drift of this shared
 machine hits both alike. After each run the topic must have grown by at least the number of 2xx
 answers: every 2xx was acknowledged by Kafka (requests still in flight when the load stopped may
 add a few more records).
@@ -21,12 +22,12 @@ from loadtest.processes import BIN, Service
 
 __all__ = ["SYSTEMS", "run_ingest"]
 
-OURS, BASELINE = "ours", "baseline"
-SYSTEMS = (OURS, BASELINE)
+OURS, TRACED, BASELINE = "ours", "traced", "baseline"
+SYSTEMS = (OURS, TRACED, BASELINE)
 
 
 def _argv(system: str, port: int) -> list[str]:
-    if system == OURS:  # as deployed: functions-framework, gunicorn + uvicorn worker
+    if system in (OURS, TRACED):  # as deployed: functions-framework, gunicorn + uvicorn worker
         return [
             *(str(BIN / "functions-framework"), "--target", "ingest"),
             *(
@@ -117,6 +118,8 @@ def run_ingest(
             port = free_port()
             topic = harness.new_topic(f"views-{system}")
             env = harness.function_env(topic, harness.scratch / f"unused-{system}", WORKERS="1")
+            if system == TRACED:
+                env.update(harness.traced_env())
             service = stack.enter_context(
                 harness.service(f"ingest-{system}", _argv(system, port), env)
             )

@@ -13,20 +13,25 @@ import matplotlib.pyplot as plt
 
 __all__ = ["describe_queries", "plot", "summarise", "table"]
 
+SYSTEMS = ("ours", "traced", "baseline")  # traced: ours with OpenTelemetry on, every trace kept
+
 
 def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """Medians and ranges per system and concurrency, and ours/baseline ratios of paired runs."""
+    """Medians and ranges per system and concurrency; ours/baseline and traced/ours ratios of
+    neighbouring runs."""
     summary: dict[str, Any] = {}
     ingest = results.get("ingest", [])
     for concurrency in sorted({run["concurrency"] for run in ingest}):
         at = [run for run in ingest if run["concurrency"] == concurrency]
         entry: dict[str, Any] = {}
-        for system in ("ours", "baseline"):
+        for system in SYSTEMS:
             runs = [run for run in at if run["system"] == system]
+            if not runs:
+                continue
             entry[system] = {
                 key: _spread([run[key] for run in runs])
                 for key in (
@@ -41,27 +46,41 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             }
             entry[system]["errors"] = sum(run["errors"] for run in runs)
             entry[system]["every_2xx_in_kafka"] = all(run["every_2xx_in_kafka"] for run in runs)
-        pairs = list(
-            zip(
-                [run for run in at if run["system"] == "ours"],
-                [run for run in at if run["system"] == "baseline"],
-                strict=True,
-            )
-        )
         # Each run compared with its neighbour in time: drift of the machine cancels out.
+        pairs = _pairs(at, "ours", "baseline")
         entry["ratio_rate"] = _spread([a["rate"] / b["rate"] for a, b in pairs])
         entry["ratio_p99"] = _spread([a["p99_ms"] / b["p99_ms"] for a, b in pairs])
+        traced = _pairs(at, "traced", "ours")
+        if traced:
+            entry["ratio_traced_rate"] = _spread([a["rate"] / b["rate"] for a, b in traced])
         summary[f"ingest_c{concurrency}"] = entry
     if results.get("sink"):
         sink = results["sink"]
-        for batch in sorted({run["batch_max_records"] for run in sink}):
-            runs = [run for run in sink if run["batch_max_records"] == batch]
-            summary[f"sink_batch_{batch}"] = {
+        kinds = sorted({(run["batch_max_records"], run.get("traced", False)) for run in sink})
+        for batch, traced in kinds:
+            runs = [
+                run
+                for run in sink
+                if (run["batch_max_records"], run.get("traced", False)) == (batch, traced)
+            ]
+            summary[f"sink_batch_{batch}{'_traced' if traced else ''}"] = {
                 "rate": _spread([run["rate"] for run in runs]),
                 "sink_cores": _spread([run["sink_cores"] for run in runs]),
                 "every_event_accounted_for": all(run["every_event_accounted_for"] for run in runs),
             }
     return summary
+
+
+def _pairs(
+    runs: list[dict[str, Any]], system: str, reference: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    return list(
+        zip(
+            [run for run in runs if run["system"] == system],
+            [run for run in runs if run["system"] == reference],
+            strict=True,
+        )
+    )
 
 
 def _cell(spread: dict[str, float], fmt: str) -> str:
@@ -75,7 +94,7 @@ def table(results: dict[str, Any]) -> str:
     for key, entry in summary.items():
         if key.startswith("ingest_c"):
             concurrency = key.removeprefix("ingest_c")
-            for system in ("ours", "baseline"):
+            for system in [s for s in SYSTEMS if s in entry]:
                 row = entry[system]
                 lines.append(
                     f"ingest c={concurrency:<3} {system:<8} | {_cell(row['rate'], ',.0f')} req/s,"
@@ -91,6 +110,11 @@ def table(results: dict[str, Any]) -> str:
                 f" {_cell(entry['ratio_rate'], '.2f')}, p99 ours/baseline"
                 f" {_cell(entry['ratio_p99'], '.2f')}"
             )
+            if "ratio_traced_rate" in entry:
+                lines.append(
+                    f"ingest c={concurrency:<3} traced   | req/s traced/untraced"
+                    f" {_cell(entry['ratio_traced_rate'], '.2f')}"
+                )
         elif key.startswith("sink_batch_"):
             lines.append(
                 f"sink batch {key.removeprefix('sink_batch_'):<13} | {_cell(entry['rate'], ',.0f')}"
@@ -130,8 +154,10 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     summary = results["summary"]
     ingest_keys = [k for k in summary if k.startswith("ingest_c")]
     for axis, metric, label in ((axes[0], "rate", "req/s"), (axes[1], "p99_ms", "p99 latency, ms")):
-        width = 0.38
-        for offset, system in ((-width / 2, "ours"), (width / 2, "baseline")):
+        systems = [s for s in SYSTEMS if ingest_keys and s in summary[ingest_keys[0]]]
+        width = 0.8 / max(1, len(systems))
+        for index, system in enumerate(systems):
+            offset = (index - (len(systems) - 1) / 2) * width
             spreads = [summary[k][system][metric] for k in ingest_keys]
             medians = [s["median"] for s in spreads]
             errors = [

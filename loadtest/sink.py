@@ -4,11 +4,14 @@ The topic is filled first (valid events of many viewers and a few poison records
 process (``python -m functions.sink``, its own chDB directory) starts and the bench follows the
 group's committed offsets. The rate is measured from the first commit to the last, so start-up
 (engine, group join) is left out and reported apart. Afterwards the store must hold every valid
-event and the dead-letter topic every poison record.
+event and the dead-letter topic every poison record. A traced run fills the topic with records
+that carry sampled trace contexts, as a traced ingest function writes them, and the sink exports
+its spans and metrics to a local collector.
 """
 
 from __future__ import annotations
 
+import random
 import subprocess
 import time
 import uuid
@@ -57,24 +60,48 @@ def _committed(reader: Consumer, topic: str, partitions: int) -> int | None:
     return sum(max(0, tp.offset) for tp in offsets)
 
 
-def _drain_once(harness: Harness, profile: Profile, repeat: int, batch: int) -> dict[str, Any]:
+def _trace_headers(count: int) -> list[list[tuple[str, bytes]]]:
+    """Sampled W3C contexts of distinct traces, as the ingest function writes them."""
+    return [
+        [
+            (
+                "traceparent",
+                f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-01".encode(),
+            )
+        ]
+        for _ in range(count)
+    ]
+
+
+def _drain_once(
+    harness: Harness, profile: Profile, repeat: int, batch: int, traced: bool
+) -> dict[str, Any]:
     topic = harness.new_topic("views-sink")
     harness.kafka.create_topics({f"{topic}.dlq": 1})
     records = _events(profile.sink_events)
     poison = sum(1 for key, _ in records if key == b"poison")
-    progress(f"sink: filling {topic} with {len(records):,} records")
-    fill_topic(harness.bootstrap, topic, records, lambda n: progress(f"  {n:,} produced"))
+    progress(f"sink: filling {topic} with {len(records):,} records{' (traced)' if traced else ''}")
+    fill_topic(
+        harness.bootstrap,
+        topic,
+        records,
+        lambda n: progress(f"  {n:,} produced"),
+        _trace_headers(_TEMPLATES) if traced else (),
+    )
     del records
-    clickhouse = harness.scratch / f"clickhouse-sink-{repeat}-{batch}"
+    label = f"{repeat}-{batch}{'-traced' if traced else ''}"
+    clickhouse = harness.scratch / f"clickhouse-sink-{label}"
     group = f"bench-sink-{uuid.uuid4().hex[:6]}"
     env = harness.function_env(
         topic, clickhouse, SINK_GROUP_ID=group, SINK_BATCH_MAX_RECORDS=str(batch)
     )
+    if traced:
+        env.update(harness.traced_env())
     subprocess.run(
         harness.python("-m", "clickhouse.migrate"), env={**env}, check=True, capture_output=True
     )
     total = profile.sink_events
-    sink = harness.service(f"sink-{repeat}-{batch}", harness.python("-m", "functions.sink"), env)
+    sink = harness.service(f"sink-{label}", harness.python("-m", "functions.sink"), env)
     started = time.monotonic()
     first: tuple[float, int, float] | None = None  # (time, committed, sink CPU) at first commit
     committed = 0
@@ -115,6 +142,7 @@ def _drain_once(harness: Harness, profile: Profile, repeat: int, batch: int) -> 
         "repeat": repeat,
         "events": total,
         "batch_max_records": batch,
+        "traced": traced,
         "rate": drained / seconds,
         "drain_seconds": seconds,
         "startup_seconds": first[0] - started,
@@ -129,14 +157,16 @@ def _drain_once(harness: Harness, profile: Profile, repeat: int, batch: int) -> 
 
 
 def run_sink(harness: Harness, profile: Profile, batches: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Each batch size untraced, and the largest traced too, interleaved within each repeat."""
     runs = []
+    plan = [(batch, False) for batch in batches] + [(max(batches), True)]
     for repeat in range(1, profile.sink_repeats + 1):
-        for batch in batches:
-            run = _drain_once(harness, profile, repeat, batch)
+        for batch, traced in plan:
+            run = _drain_once(harness, profile, repeat, batch, traced)
             progress(
                 f"  sink: {run['rate']:,.0f} events/s, {run['sink_cores']:.2f} cores,"
-                f" batch {batch:,}, stored {run['stored']:,}, dead-lettered"
-                f" {run['dead_lettered']}"
+                f" batch {batch:,}{' traced' if traced else ''}, stored {run['stored']:,},"
+                f" dead-lettered {run['dead_lettered']}"
             )
             runs.append(run)
     return runs

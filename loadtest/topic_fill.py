@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -27,8 +27,10 @@ def fill_topic(
     topic: str,
     records: Iterable[tuple[bytes, bytes]],
     progress: Callable[[int], None],
+    headers: Sequence[list[tuple[str, bytes]]] = (),
 ) -> int:
-    """Produce (key, value) records as fast as the broker takes them; returns the count."""
+    """Produce (key, value) records as fast as the broker takes them, with ``headers`` in turn
+    if given; returns the count."""
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -43,7 +45,12 @@ def fill_topic(
     for key, value in records:
         while True:
             try:
-                producer.produce(topic, value=value, key=key)
+                producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers[count % len(headers)] if headers else None,
+                )
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import jwt
 import pytest
 import uvicorn
 from confluent_kafka import Message, Producer
-from localkafka import free_port, read_records
+from localkafka import LocalKafka, free_port, read_records
 from starlette.testclient import TestClient
 
 from clickhouse.migrate import apply_migrations
@@ -191,3 +197,60 @@ def store_queries(store: ViewStore) -> Callable[[list[str]], list[list[dict[str,
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class LocalHost:
+    """A running ``python -m functions.local``: its URL, topics and log."""
+
+    base: str
+    views_topic: str
+    log: Path
+    returncode: int | None = None
+
+
+@contextlib.contextmanager
+def local_host(kafka: LocalKafka, tmp_path: Path, **env: str) -> Iterator[LocalHost]:
+    """``python -m functions.local`` (what ``make run`` starts) on fresh topics and its own
+    engine, ready; stopped with SIGINT (Ctrl-C) on exit, its exit code then in ``returncode``.
+    ``env`` adds to its environment, which has no ``OTEL_*`` variable of the caller's."""
+    suffix = uuid.uuid4().hex[:8]
+    views, dlq = f"views-{suffix}", f"views-dlq-{suffix}"
+    kafka.create_topics({views: 6, dlq: 1})
+    port = free_port()
+    environment = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("OTEL_")},
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "VIEWS_TOPIC": views,
+        "DLQ_TOPIC": dlq,
+        "SINK_GROUP_ID": f"sink-{suffix}",
+        "SINK_BATCH_MAX_WAIT_MS": "100",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "CLICKHOUSE_DSN": f"chdb://{tmp_path / 'clickhouse'}",
+        "JWT_SECRET": JWT_SECRET,
+        "PORT": str(port),
+        **env,
+    }
+    host = LocalHost(f"http://127.0.0.1:{port}", views, tmp_path / "local.log")
+    with host.log.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "functions.local"],
+            cwd=repo_root(),
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{host.base}/readyz").status_code == 200
+            except httpx.TransportError:
+                assert process.poll() is None, host.log.read_text()
+                return False
+
+        eventually(ready, timeout=60, what="GET /readyz")
+        yield host
+    finally:
+        process.send_signal(signal.SIGINT)  # what Ctrl-C on `make run` sends
+        host.returncode = process.wait(timeout=30)

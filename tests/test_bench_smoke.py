@@ -29,11 +29,13 @@ def test_bench_smoke_profile_runs_every_scenario(tmp_path: Path) -> None:
     (result_file,) = tmp_path.glob("*.json")
     assert result_file.with_suffix(".png").stat().st_size > 0
     results = orjson.loads(result_file.read_bytes())
-    assert {run["system"] for run in results["ingest"]} == {"ours", "baseline"}
+    assert {run["system"] for run in results["ingest"]} == {"ours", "traced", "baseline"}
     assert all(run["every_2xx_in_kafka"] and run["succeeded"] for run in results["ingest"])
     assert 2 <= len(results["ingest_warm_up_broker_us"]) <= 8  # settling rounds, at least two
     assert all(run["every_event_accounted_for"] for run in results["sink"])
+    assert {run["traced"] for run in results["sink"]} == {False, True}
     assert results["freshness"]["never_readable"] == 0
     assert all(run["count"] > 0 for run in results["queries"]["lookups"])
     assert "ours/baseline" in completed.stdout
+    assert "traced/untraced" in completed.stdout
     assert results["machine"]["cores"] and results["versions"]["kafka"]

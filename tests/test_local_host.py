@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -11,65 +10,28 @@ from pathlib import Path
 
 import httpx
 from localkafka import LocalKafka, free_port
-from support import JWT_SECRET, bearer, eventually, repo_root
+from support import JWT_SECRET, bearer, eventually, local_host, repo_root
 
 
 def test_local_host_serves_ingest_and_sink_and_stops_cleanly(
     kafka: LocalKafka, tmp_path: Path
 ) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    views, dlq = f"views-{suffix}", f"views-dlq-{suffix}"
-    kafka.create_topics({views: 6, dlq: 1})
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "VIEWS_TOPIC": views,
-        "DLQ_TOPIC": dlq,
-        "SINK_GROUP_ID": f"sink-{suffix}",
-        "SINK_BATCH_MAX_WAIT_MS": "100",
-        "KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "CLICKHOUSE_DSN": f"chdb://{tmp_path / 'clickhouse'}",
-        "JWT_SECRET": JWT_SECRET,
-        "PORT": str(port),
-    }
-    log = (tmp_path / "local.log").open("wb")
-    host = subprocess.Popen(
-        [sys.executable, "-m", "functions.local"],
-        cwd=repo_root(),
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
     user, movie = uuid.uuid4(), uuid.uuid4()
-    try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/readyz").status_code == 200
-            except httpx.TransportError:
-                assert host.poll() is None, (tmp_path / "local.log").read_text()
-                return False
-
-        eventually(ready, timeout=60, what="GET /readyz")
+    with local_host(kafka, tmp_path) as host:
         posted = httpx.post(
-            f"{base}/v1/views",
+            f"{host.base}/v1/views",
             json={"movie_id": str(movie), "movie_time_offset": 7_000},
             headers=bearer(user),
         )
         assert posted.status_code == 202, posted.text
 
         def position() -> dict[str, object] | None:
-            response = httpx.get(f"{base}/v1/views/{movie}/position", headers=bearer(user))
+            response = httpx.get(f"{host.base}/v1/views/{movie}/position", headers=bearer(user))
             return response.json() if response.status_code == 200 else None
 
         assert eventually(position, timeout=20)["movie_time_offset"] == 7_000
-    finally:
-        host.send_signal(signal.SIGINT)  # what Ctrl-C on `make run` sends
-        returncode = host.wait(timeout=30)
-    output = (tmp_path / "local.log").read_text()
-    assert returncode == 0, output
+    output = host.log.read_text()
+    assert host.returncode == 0, output
     assert '"message":"sink stopped"' in output
 
 

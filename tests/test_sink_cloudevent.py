@@ -19,7 +19,7 @@ from functions.sink.triggers.cloudevent import CloudEventSink
 
 def _client(settings: Settings, store: ViewStore) -> TestClient:
     sink = CloudEventSink(settings, lambda: store)
-    return TestClient(_create_asgi_app_with_function(sink.handle_event, "cloudevent", False))
+    return TestClient(_create_asgi_app_with_function(sink.handle_request, "http", False))
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import compile_path
 
 from clickhouse.store import ViewStore
+from functions import telemetry
 from functions.auth import authenticator_from_settings
 from functions.errors import (
     AuthError,
@@ -98,9 +99,29 @@ class IngestApi:
             else None
         )
         self.disconnects = 0  # requests whose client went away before the answer
+        self._telemetry = telemetry.ingest()
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request; every error is a problem document, never a bare 500."""
+        """Answer one request; every error is a problem document, never a bare 500. Traced, in
+        a SERVER span named by the route template."""
+        if self._telemetry is None:
+            return await self._answer(request)
+        route = self._route_of(request)
+        return await self._telemetry.serve(
+            request,
+            None if route is None else route.route.path,
+            self._answer,
+            carries_events=route is not None and route.body_model is not None,
+        )
+
+    def _route_of(self, request: Request) -> ConfiguredRoute | None:
+        path = request.scope["path"].rstrip("/") or "/"
+        for configured, pattern in self._dispatch:
+            if configured.route.method == request.method and pattern.fullmatch(path):
+                return configured
+        return None
+
+    async def _answer(self, request: Request) -> Response:
         path = request.scope["path"].rstrip("/") or "/"  # request.url would build a whole URL
         allowed = []
         for configured, pattern in self._dispatch:

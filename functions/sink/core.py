@@ -12,16 +12,20 @@ apart with its reason).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from pydantic import ValidationError
 
+from clickhouse import queries
 from clickhouse.canonical import is_canonical
+from functions import telemetry
 from functions.errors import RecordsRefused
 from functions.events import ViewRecord, invalid_json_message
 from functions.sink.batch import Batch, SourceRecord
+from functions.telemetry import SinkTelemetry
 
 __all__ = [
     "BatchResult",
@@ -67,6 +71,27 @@ class ViewsWriter(Protocol):
         by ClickHouse; ``RecordsRefused`` if any line is not such a record, ``StoreUnavailable``
         if ClickHouse cannot take inserts."""
         ...
+
+
+_VIEWS = queries.VIEWS_TABLE.rpartition(".")[2]
+_CANONICAL_LINES = queries.CANONICAL_LINES_TABLE.rpartition(".")[2]
+
+
+class _TracedWriter:
+    """A ``ViewsWriter`` whose inserts are CLIENT spans (children of the current batch span)."""
+
+    def __init__(self, writer: ViewsWriter, sink_telemetry: SinkTelemetry) -> None:
+        self._writer = writer
+        self._telemetry = sink_telemetry
+
+    def insert_views(self, records: Sequence[ViewRecord], dedup_token: str) -> None:
+        with self._telemetry.insert_span(_VIEWS, len(records), dedup_token):
+            self._writer.insert_views(records, dedup_token)
+
+    def insert_canonical_lines(self, lines: bytes, dedup_token: str) -> None:
+        rows = lines.count(b"\n") + 1
+        with self._telemetry.insert_span(_CANONICAL_LINES, rows, dedup_token):
+            self._writer.insert_canonical_lines(lines, dedup_token)
 
 
 def classify(record: SourceRecord, max_record_bytes: int) -> ViewRecord | Rejected:
@@ -115,6 +140,9 @@ def store_batch(batch: Batch, writer: ViewsWriter, max_record_bytes: int) -> Bat
     before stay inserted, which is harmless because redelivering them is deduplicated.
     """
     result = BatchResult()
+    sink_telemetry = telemetry.sink()
+    if sink_telemetry is not None:
+        writer = _TracedWriter(writer, sink_telemetry)
     for topic_partition, records in batch.partitions():
         token = batch.dedup_token(topic_partition)
         _store_partition(records, token, writer, max_record_bytes, result)
@@ -179,12 +207,14 @@ def _store_validated(
     result: BatchResult,
 ) -> None:
     events = []
-    for record in records:
-        outcome = classify(record, max_record_bytes)
-        if isinstance(outcome, Rejected):
-            result.rejected.append(outcome)
-        else:
-            events.append(outcome)
+    sink_telemetry = telemetry.sink()
+    with nullcontext() if sink_telemetry is None else sink_telemetry.validation_span(len(records)):
+        for record in records:
+            outcome = classify(record, max_record_bytes)
+            if isinstance(outcome, Rejected):
+                result.rejected.append(outcome)
+            else:
+                events.append(outcome)
     if events:
         writer.insert_views(events, dedup_token)
         result.stored += len(events)

@@ -33,8 +33,13 @@ class DeadLetterPublisher:
         self._timeout_seconds = settings.kafka_delivery_timeout_ms / 1000
         self._producer = Producer(dead_letter_producer_config(settings))
 
-    def publish(self, rejected: Sequence[Rejected]) -> None:
-        """Return once every record is acknowledged; raise ``KafkaException`` otherwise."""
+    def publish(
+        self,
+        rejected: Sequence[Rejected],
+        trace_headers: Sequence[tuple[str, str | bytes | None]] = (),
+    ) -> None:
+        """Return once every record is acknowledged; raise ``KafkaException`` otherwise.
+        ``trace_headers`` (the dead-letter span's context) go on every record."""
         failures: list[str] = []
 
         def on_delivery(err: Any, _msg: Message) -> None:
@@ -55,6 +60,7 @@ class DeadLetterPublisher:
                         (str(part).encode() for part in origin[:3]),  # topic, partition, offset
                         strict=True,
                     ),
+                    *trace_headers,
                 ],
                 on_delivery=on_delivery,
             )

@@ -4,33 +4,47 @@ the right thing with it.
 2xx: stored (KafkaSource commits). 4xx: poison, never retried (KafkaSource sends it to the
 dead-letter sink). 5xx: ClickHouse failed (KafkaSource retries with back-off). Each answer other
 than 2xx carries a problem document.
+
+Served as an HTTP function, not a functions-framework ``cloud_event`` one: the framework hands a
+CloudEvent function the event alone, and the trace context is in the request's headers. The
+KafkaSource dispatcher opens a span of its own as a child of the context in the Kafka record's
+headers and sends it as the W3C ``traceparent`` header; the record's own headers arrive as
+``kafkaheader<name>`` extensions. Traced, the record's CONSUMER span continues the first of: the
+``traceparent`` header, a ``traceparent`` extension (CloudEvents distributed tracing), the
+record's ``kafkaheadertraceparent``; and it links the record's producer context.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import orjson
-from cloudevents.exceptions import GenericException as CloudEventError
+from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
-from cloudevents.http.event import CloudEvent
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
+from functions import telemetry
 from functions.errors import StoreUnavailable
 from functions.problems import PROBLEM_CONTENT_TYPE, problem_body
 from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord
-from functions.sink.core import ViewsWriter, store_batch
+from functions.sink.core import BatchResult, ViewsWriter, store_batch
 from functions.sink.dlq import report_rejected
+from functions.telemetry import KafkaHeaders
 
 __all__ = ["CloudEventSink", "source_record"]
 
 log = logging.getLogger(__name__)
 
 # KafkaSource: id "partition:<p>/offset:<o>", source ".../kafkasources/<name>#<topic>".
+_KAFKA_HEADER_PREFIX = "kafkaheader"  # a record header <name> is the extension kafkaheader<name>
 _KAFKA_SOURCE_ID = re.compile(r"^partition:(\d+)/offset:(\d+)$")
 
 
@@ -66,6 +80,15 @@ def source_record(attributes: dict[str, Any], data: Any) -> SourceRecord:
     )
 
 
+def kafka_headers(attributes: dict[str, Any]) -> KafkaHeaders:
+    """The record's headers, as KafkaSource forwards them (``kafkaheader<name>`` extensions)."""
+    return [
+        (name.removeprefix(_KAFKA_HEADER_PREFIX), str(value).encode())
+        for name, value in attributes.items()
+        if name.startswith(_KAFKA_HEADER_PREFIX)
+    ]
+
+
 def _problem(status: int, detail: str, **extensions: Any) -> HTTPException:
     # Starlette renders HTTPException.detail as the body and keeps our content type.
     return HTTPException(
@@ -81,31 +104,56 @@ class CloudEventSink:
     def __init__(self, settings: Settings, writer_factory: Callable[[], ViewsWriter]) -> None:
         self._settings = settings
         self._writer_factory = writer_factory
+        self._telemetry = telemetry.sink()
 
-    def handle_request(self, headers: Mapping[str, str], body: bytes) -> None:
-        """Store the record of a CloudEvent in HTTP form (binary or structured mode)."""
+    async def handle_request(self, request: Request) -> Response:
+        """Store the record of the CloudEvent a request carries (binary or structured mode);
+        raise an ``HTTPException`` with a problem otherwise."""
         try:
-            event = from_http(headers, body)
-        except CloudEventError as exc:
+            event = from_http(request.headers, await request.body())
+        except GenericException as exc:
             raise _problem(400, f"not a CloudEvent: {exc}") from exc
-        self.handle_event(event)
+        # The insert blocks: off the event loop (the thread gets this context).
+        await asyncio.to_thread(
+            self.handle, dict(event.get_attributes()), event.get_data(), request.headers
+        )
+        return Response("OK")
 
-    def handle_event(self, event: CloudEvent) -> None:
-        """Store the event's record; raise an ``HTTPException`` with a problem otherwise."""
-        self.handle(dict(event.get_attributes()), event.get_data())
-
-    def handle(self, attributes: dict[str, Any], data: Any) -> None:
+    def handle(
+        self,
+        attributes: dict[str, Any],
+        data: Any,
+        http_headers: Mapping[str, str] | None = None,
+    ) -> None:
         try:
             record = source_record(attributes, data)
         except NotAKafkaSourceEvent as exc:
             raise _problem(400, str(exc)) from exc
+        batch = Batch([record])
+        store = partial(self._store, batch)
+        if self._telemetry is None:
+            self._conclude(batch, attributes, store())
+            return
+        headers = kafka_headers(attributes)
+        parent = telemetry.cloud_event_parent(http_headers or {}, attributes, headers)
+        self._telemetry.begin_batch(batch, record.topic, 1, [headers], parent=parent)
         try:
-            result = store_batch(
-                Batch([record]), self._writer_factory(), self._settings.sink_max_record_bytes
-            )
+            result = self._telemetry.within_batch(batch, store)()
+        except HTTPException as exc:
+            self._telemetry.end_batch(batch, exc)
+            raise
+        self._telemetry.end_batch(batch)
+        self._conclude(batch, attributes, result)
+
+    def _store(self, batch: Batch) -> BatchResult:
+        try:
+            return store_batch(batch, self._writer_factory(), self._settings.sink_max_record_bytes)
         except StoreUnavailable as exc:
             log.warning("insert failed, KafkaSource will retry: %s", exc)
             raise _problem(503, "the view store is unavailable") from exc
+
+    def _conclude(self, batch: Batch, attributes: dict[str, Any], result: BatchResult) -> None:
+        (record,) = batch.records
         if result.rejected:
             rejected = result.rejected[0]
             report_rejected(rejected, self._settings.dlq_topic)  # KafkaSource dead-letters it

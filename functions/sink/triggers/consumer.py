@@ -13,7 +13,6 @@ follows rebalances.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from functions import telemetry
 from functions.errors import StoreUnavailable
 from functions.kafka_config import consumer_config
 from functions.logs import error_fields
@@ -30,24 +30,15 @@ from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord, rewind_positions
 from functions.sink.core import BatchResult, ViewsWriter, store_batch
 from functions.sink.dlq import DeadLetterPublisher
+from functions.telemetry import ReceivedHeaders
 
-__all__ = ["BatchConsumer", "resident_set_bytes"]
+__all__ = ["BatchConsumer"]
 
 log = logging.getLogger(__name__)
 
 # confluent-kafka's consume() returns after this long without records, so that a stop request
 # or the end of a batch window is noticed promptly.
 _POLL_SLICE_SECONDS = 0.1
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-
-
-def resident_set_bytes() -> int | None:
-    """This process's current RSS (Linux ``/proc``), for the memory-over-time logs."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE_BYTES
-    except OSError:
-        return None
 
 
 class BatchConsumer:
@@ -69,6 +60,16 @@ class BatchConsumer:
         self._backoff_seconds = 0.0
         # When the loop last polled (time.monotonic), read by the liveness probe (health.py).
         self.last_poll_at: float | None = None
+        # Per partition, as of its last commit; read by the lag gauge on the metrics thread (the
+        # consumer itself may be called only from this loop: called from there, it hung).
+        self._lag: dict[tuple[str, int], int] = {}
+        self._telemetry = telemetry.sink()
+        # Traced: the headers of every this-many records read, for the batch span's links.
+        self._header_stride = 0
+        self._link_headers: list[ReceivedHeaders | None] = []
+        if self._telemetry is not None:
+            self._telemetry.observe_consumer(self._lag.copy, lambda: self._backoff_seconds)
+            self._header_stride = self._telemetry.header_stride(settings.sink_batch_max_records)
         self.batches_committed = 0
         self.records_stored = 0
         self.records_dead_lettered = 0
@@ -111,6 +112,9 @@ class BatchConsumer:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         log.info("partitions revoked", extra={"partitions": sorted(p for _t, p in revoked)})
         self._buffer = [r for r in self._buffer if (r.topic, r.partition) not in revoked]
+        self._link_headers = []  # links are examples: those left may name revoked records
+        for topic_partition in revoked:
+            self._lag.pop(topic_partition, None)
 
     def _collect(self, stop: threading.Event) -> None:
         """Poll until the buffer holds a full batch, its wait time has passed, or a stop is
@@ -132,6 +136,8 @@ class BatchConsumer:
             messages = self._consumer.consume(max_records - len(self._buffer), timeout)
             if any(map(Message.error, messages)):  # a KafkaError is true, None false
                 messages = _without_errors(messages)
+            if self._header_stride:
+                self._link_headers.extend(map(Message.headers, messages[:: self._header_stride]))
             self._buffer.extend(_source_records(messages))
             if deadline is None and self._buffer:
                 deadline = time.monotonic() + window_seconds
@@ -140,10 +146,20 @@ class BatchConsumer:
         if self._backoff_seconds:
             stop.wait(self._backoff_seconds)
         batch, self._buffer = Batch(self._buffer), []
-        storing = self._storer.submit(
+        link_headers, self._link_headers = self._link_headers, []
+        store: Callable[[], BatchResult] = partial(
             store_batch, batch, self._writer, self._settings.sink_max_record_bytes
         )
-        self._in_flight = (batch, storing)
+        if self._telemetry is not None:
+            self._telemetry.begin_batch(
+                batch,
+                self._settings.views_topic,
+                len(batch),
+                link_headers,
+                consumer_group=self._settings.sink_group_id,
+            )
+            store = self._telemetry.within_batch(batch, store)
+        self._in_flight = (batch, self._storer.submit(store))
 
     def _settle(self) -> None:
         """Finish the batch being stored: dead-letter its poison and commit it; or, if that
@@ -172,12 +188,22 @@ class BatchConsumer:
         rewind to the batch, with the one being stored meanwhile and every record read since."""
         try:
             if result.rejected:
-                self._dead_letters.publish(result.rejected)
+                self._dead_letter(batch, result)
         except KafkaException as exc:
             later = self._abandon_in_flight()
             self._retry_later([batch, *later, self._read_since()], exc)
             return
         self._commit(batch, result)
+
+    def _dead_letter(self, batch: Batch, result: BatchResult) -> None:
+        if self._telemetry is None:
+            self._dead_letters.publish(result.rejected)
+            return
+        reasons = (rejected.reason.value for rejected in result.rejected)
+        with self._telemetry.dead_letter_span(
+            batch, self._settings.dlq_topic, reasons
+        ) as trace_headers:
+            self._dead_letters.publish(result.rejected, trace_headers)
 
     def _abandon_in_flight(self) -> list[Batch]:
         """Wait for the batch being stored, whatever its outcome, and return it: it is read
@@ -192,6 +218,7 @@ class BatchConsumer:
     def _read_since(self) -> Batch:
         """The records read since the batch in flight, dropped (they are rewound with it)."""
         read, self._buffer = Batch(self._buffer), []
+        self._link_headers = []
         return read
 
     def _retry_later(self, batches: list[Batch], exc: Exception) -> None:
@@ -210,6 +237,11 @@ class BatchConsumer:
                 "batch still not stored after its retries; retrying at the capped back-off",
                 extra={**error_fields(exc), "backoff_seconds": self._backoff_seconds},
             )
+        if self._telemetry is not None:
+            for batch in batches:
+                self._telemetry.end_batch(batch, exc)
+            cause = "store_unavailable" if isinstance(exc, StoreUnavailable) else "dead_letter"
+            self._telemetry.retried(cause)
         for (topic, partition), first in rewind_positions(batches).items():
             try:
                 self._consumer.seek(TopicPartition(topic, partition, first))
@@ -217,16 +249,26 @@ class BatchConsumer:
                 log.info("seek skipped: %s", seek_error)
 
     def _commit(self, batch: Batch, result: BatchResult) -> None:
+        offsets = batch.commit_offsets()
         try:
             next_offsets = [
                 TopicPartition(topic, partition, offset)
-                for (topic, partition), offset in batch.commit_offsets().items()
+                for (topic, partition), offset in offsets.items()
             ]
-            self._consumer.commit(offsets=next_offsets, asynchronous=False)
+            if self._telemetry is None:
+                self._consumer.commit(offsets=next_offsets, asynchronous=False)
+            else:
+                with self._telemetry.commit_span(batch, self._settings.views_topic):
+                    self._consumer.commit(offsets=next_offsets, asynchronous=False)
         except KafkaException as exc:
             # A rebalance took the partitions: their new owner redelivers, ClickHouse dedups.
             log.warning("commit failed, records will be redelivered: %s", exc)
+            if self._telemetry is not None:
+                self._telemetry.end_batch(batch, exc)
             return
+        if self._telemetry is not None:
+            self._telemetry.end_batch(batch)
+            self._measure_lag(offsets)
         self.batches_committed += 1
         self.records_stored += result.stored
         self.records_dead_lettered += len(result.rejected)
@@ -240,9 +282,19 @@ class BatchConsumer:
                 "batches_committed": self.batches_committed,
                 "records_stored": self.records_stored,
                 "records_dead_lettered": self.records_dead_lettered,
-                "rss_bytes": resident_set_bytes(),
+                "rss_bytes": telemetry.resident_set_bytes(),
             },
         )
+
+    def _measure_lag(self, committed: dict[tuple[str, int], int]) -> None:
+        """Records of each committed partition after the commit, from the high watermark the
+        consumer last fetched (cached: no broker round trip)."""
+        for (topic, partition), next_offset in committed.items():
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True
+            )
+            if high >= 0:
+                self._lag[(topic, partition)] = max(0, high - next_offset)
 
 
 def _log_assigned(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
