@@ -135,7 +135,9 @@ def test_the_sink_reports_each_dead_lettered_record_with_its_origin(
 
 
 class _FailingProducer:
-    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+    async def send(
+        self, topic: str, key: bytes, value: bytes, message_id: str | None = None
+    ) -> None:
         raise RuntimeError("producer crashed")
 
 
