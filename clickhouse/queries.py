@@ -10,13 +10,17 @@ __all__ = [
     "CANONICAL_LINES_TABLE",
     "CREATE_DATABASE",
     "CREATE_MIGRATIONS_TABLE",
+    "DATABASE_BYTES_ON_DISK",
     "DETACH_VIEWS",
     "LATEST_POSITION",
     "MIGRATIONS_TABLE",
     "MOST_WATCHED_EVENTS",
+    "MOST_WATCHED_ON_DAY",
     "MOST_WATCHED_VIEWERS",
     "RECORDED_MIGRATIONS",
     "VIEWS_TABLE",
+    "VIEWERS_PER_MOVIE",
+    "VIEWER_HISTORY",
     "VIEW_COLUMNS",
 ]
 
@@ -46,6 +50,22 @@ MOST_WATCHED_VIEWERS = (
 MOST_WATCHED_EVENTS = (
     "SELECT movie_id, count() FROM {db}.views FINAL"
     " PREWHERE movie_id IN {{movies:Array(UUID)}} GROUP BY movie_id"
+)
+
+# The storage study's other reads (loadtest/storage): what the product would ask next.
+MOST_WATCHED_ON_DAY = (
+    "SELECT movie_id, count() FROM {db}.views FINAL"
+    " WHERE event_time >= {{start:DateTime64(3, 'UTC')}}"
+    " AND event_time < {{end:DateTime64(3, 'UTC')}}"
+    " GROUP BY movie_id ORDER BY count() DESC LIMIT {{limit:UInt32}} WITH TIES"
+)
+VIEWER_HISTORY = (
+    "SELECT movie_id, movie_time_offset, event_time FROM {db}.views FINAL"
+    " WHERE user_id = {{user_id:UUID}} ORDER BY event_time"
+)
+VIEWERS_PER_MOVIE = "SELECT movie_id, count() FROM {db}.latest_view FINAL GROUP BY movie_id"
+DATABASE_BYTES_ON_DISK = (
+    "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {{database:String}} AND active"
 )
 
 # Fault injection (functions/sink/faults.py): the real engine then refuses inserts.
