@@ -11,6 +11,7 @@ LOCAL_ENV := JWT_SECRET_FILE=$(CURDIR)/$(DEV_SECRET)
 PORT ?= 8080
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
+.PHONY: storage-study
 .DEFAULT_GOAL := help
 
 help:
@@ -21,6 +22,7 @@ help:
 	@echo "make soak    the sink's RSS over minutes of records; fails if it keeps growing (SOAK_ARGS=--help)"
 	@echo "make manifests          render every k8s overlay and validate it offline (docs/deployment.md)"
 	@echo "make bench   benchmarks against the seed's stack (~15 min; make bench-short: ~4 min)"
+	@echo "make storage-study   ClickHouse vs PostgreSQL vs DuckDB, 10M events (STUDY_ARGS=--help)"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -82,3 +84,7 @@ token: $(VENV)/.synced $(DEV_SECRET)
 
 clean:
 	rm -rf $(VENV) .local/clickhouse .local/kafka
+
+# Installs Debian's PostgreSQL 15 itself if it is missing; runs its own server on a free port.
+storage-study: setup
+	PYTHONPATH=infra $(PY) -m loadtest.storage $(STUDY_ARGS)
