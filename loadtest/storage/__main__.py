@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument(
         "--steady-rate", type=int, default=20_000, help="rows/s of the inserts under reads"
     )
+    parser.add_argument("--lookups", type=int, default=2_000, help="position lookups (warm)")
+    parser.add_argument("--histories", type=int, default=200, help="viewers' histories (warm)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and PNG")
     args = parser.parse_args()
     machine = {
@@ -48,7 +50,12 @@ def main() -> None:
         "python": platform.python_version(),
     }
     options = StudyOptions(
-        rows=args.rows, engines=args.engines, steady_rate=args.steady_rate, extra=machine
+        rows=args.rows,
+        engines=args.engines,
+        steady_rate=args.steady_rate,
+        lookups=args.lookups,
+        histories=args.histories,
+        extra=machine,
     )
     started = time.time()
     try:

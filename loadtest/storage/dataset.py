@@ -246,7 +246,7 @@ def _with_redeliveries(arrival: Array, copies: int, rng: np.random.Generator) ->
     """Runs of records delivered again a little later, as after a sink's rewind."""
     if copies <= 0:
         return arrival
-    runs = max(1, copies // REDELIVERED_RUN)
+    runs = -(-copies // REDELIVERED_RUN)
     starts = rng.integers(0, len(arrival), runs)
     copied = (starts[:, None] + np.arange(REDELIVERED_RUN)).ravel()[:copies] % len(arrival)
     later = np.repeat(rng.integers(REDELIVERED_RUN, 20 * SINK_BATCH, runs), REDELIVERED_RUN)

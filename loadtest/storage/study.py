@@ -28,6 +28,7 @@ from loadtest.storage.worker import progress_bar
 __all__ = ["AnswersDiffer", "StudyOptions", "run_study"]
 
 SAMPLE_EVERY_S = 0.25
+_REPO = Path(__file__).resolve().parents[2]
 
 
 class AnswersDiffer(Exception):
@@ -96,7 +97,7 @@ def _run_worker(
     argv = [sys.executable, "-m", "loadtest.storage.worker", engine, phase, str(scratch)]
     if postgres is not None:
         argv += ["--postgres-port", str(postgres.port)]
-    child = subprocess.Popen(argv)
+    child = subprocess.Popen(argv, cwd=_REPO)
     sampler = _MemorySampler(child.pid, postgres.pid() if postgres is not None else None)
     code = child.wait()
     sampler.stop()
