@@ -79,9 +79,9 @@ class PostgresServer:
         )
         subprocess.run(
             _as_postgres(
-                str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-o", options
-            )
-            + ["start"],
+                *(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log)),
+                *("-w", "-o", options, "start"),
+            ),
             check=True,
             capture_output=True,
         )

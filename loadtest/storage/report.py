@@ -24,14 +24,22 @@ _ROWS: list[tuple[str, Any, str]] = [
     ("position lookup cold ms", lambda e: e["reads"]["cold"]["position_ms"], ".1f"),
     ("viewer's history warm p50 / p99 ms", lambda e: _pair(e["reads"]["warm"]["history_ms"]), ""),
     ("viewer's history cold ms", lambda e: e["reads"]["cold"]["history_ms"], ".1f"),
-    ("most watched on a day warm median ms", lambda e: e["reads"]["warm"]["day_top_ms"]["median"], ".1f"),
+    (
+        "most watched on a day warm median ms",
+        lambda e: e["reads"]["warm"]["day_top_ms"]["median"],
+        ".1f",
+    ),
     ("most watched on a day cold ms", lambda e: e["reads"]["cold"]["day_top_ms"], ".1f"),
     (
         "distinct viewers per movie warm p50 ms",
         lambda e: e["reads"]["warm"]["viewers_per_movie_ms"]["p50"],
         ".1f",
     ),
-    ("distinct viewers per movie cold ms", lambda e: e["reads"]["cold"]["viewers_per_movie_ms"], ".1f"),
+    (
+        "distinct viewers per movie cold ms",
+        lambda e: e["reads"]["cold"]["viewers_per_movie_ms"],
+        ".1f",
+    ),
     (
         "while inserting: rows/s achieved (target)",
         lambda e: (
@@ -136,9 +144,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for axis, (title, series, scale) in zip(axes, panels, strict=True):
         width = 0.8 / len(series)
         for index, (label, values) in enumerate(series.items()):
-            axis.bar(
-                [n + index * width for n in range(len(names))], values, width, label=label
-            )
+            axis.bar([n + index * width for n in range(len(names))], values, width, label=label)
         axis.set_xticks([n + 0.4 - width / 2 for n in range(len(names))], names)
         axis.set_yscale(scale)
         axis.set_title(title, fontsize=10)

@@ -34,7 +34,7 @@ from rich.progress import (
 )
 
 from loadtest.storage.dataset import DAY_MS, SINK_BATCH, SINK_MAX_WAIT_S, Dataset, Plan
-from loadtest.storage.engines import ENGINE_TYPES, ENGINES, Engine, open_engine
+from loadtest.storage.engines import ENGINES, Engine, engine_type
 from loadtest.storage.postgres import PostgresServer
 
 __all__ = ["main", "progress_bar", "quantiles_ms"]
@@ -66,9 +66,9 @@ def quantiles_ms(seconds: list[float]) -> dict[str, float]:
     return {"p50": at(0.5), "p99": at(0.99), "max": ordered[-1] * 1000, "count": len(ordered)}
 
 
-def _timed(call: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(call: Callable[..., Any], *arguments: Any) -> tuple[float, Any]:
     started = time.perf_counter()
-    answer = call()
+    answer = call(*arguments)
     return time.perf_counter() - started, answer
 
 
@@ -82,10 +82,10 @@ def load(engine_name: str, scratch: Path, postgres: PostgresServer | None) -> di
     steady_batch = max(1, round(plan.steady_rate * SINK_MAX_WAIT_S))
     steady = list(data.batches(plan.bulk_rows, rows, steady_batch))
     # Encoded before the engine opens: the memory measured after this is the engine's.
-    encode = ENGINE_TYPES[engine_name].encode
+    encode = engine_type(engine_name).encode
     steady_payloads = [encode(batch) for batch in steady]
     baseline = _pss()
-    engine = open_engine(engine_name, scratch / engine_name, True, postgres)
+    engine = engine_type(engine_name).open(scratch / engine_name, True, postgres)
     result: dict[str, Any] = {"baseline_pss": baseline, "phases": {}}
     with progress_bar() as bar:
         started = time.time()
@@ -93,7 +93,7 @@ def load(engine_name: str, scratch: Path, postgres: PostgresServer | None) -> di
         insert_seconds: list[float] = []
         for batch in data.batches(0, plan.bulk_rows, SINK_BATCH):
             payload = encode(batch)
-            insert_seconds.append(_timed(lambda payload=payload: engine.insert(payload))[0])
+            insert_seconds.append(_timed(engine.insert, payload)[0])
             bar.advance(task, len(batch))
         finish_seconds = _timed(engine.finish_load)[0]
         result["phases"]["bulk_insert"] = {
@@ -126,7 +126,7 @@ def _reads_while_inserting(
             due = began + index * SINK_MAX_WAIT_S
             behind_seconds.append(max(0.0, time.monotonic() - due))
             time.sleep(max(0.0, due - time.monotonic()))
-            insert_seconds.append(_timed(lambda payload=payload: engine.insert(payload))[0])
+            insert_seconds.append(_timed(engine.insert, payload)[0])
             bar.advance(task, sizes[index])
 
     started = time.time()
@@ -137,11 +137,11 @@ def _reads_while_inserting(
     last_ranking = 0.0
     while writer.is_alive():
         user, movie = plan.positions[len(lookups) % len(plan.positions)]
-        lookups.append(_timed(lambda: engine.position(user, movie))[0])
+        lookups.append(_timed(engine.position, user, movie)[0])
         if time.monotonic() - last_ranking >= DAY_TOP_EVERY_S:
             last_ranking = time.monotonic()
-            day = plan.day_start_ms
-            rankings.append(_timed(lambda: engine.day_top(day, day + DAY_MS, plan.top))[0])
+            day = (plan.day_start_ms, plan.day_start_ms + DAY_MS, plan.top)
+            rankings.append(_timed(engine.day_top, *day)[0])
     writer.join()
     # At least one sink wait per batch: a single fast batch is not a rate.
     elapsed = max(time.time() - started, len(payloads) * SINK_MAX_WAIT_S)
@@ -161,13 +161,13 @@ def reads(engine_name: str, scratch: Path, postgres: PostgresServer | None) -> d
     plan = Plan.load(scratch / "plan.json")
     baseline = _pss()
     started = time.time()
-    engine = open_engine(engine_name, scratch / engine_name, False, postgres)
+    engine = engine_type(engine_name).open(scratch / engine_name, False, postgres)
     day = (plan.day_start_ms, plan.day_start_ms + DAY_MS, plan.top)
     first_user, first_movie = plan.positions[0]
     cold = {
-        "position_ms": _timed(lambda: engine.position(first_user, first_movie))[0] * 1000,
-        "day_top_ms": _timed(lambda: engine.day_top(*day))[0] * 1000,
-        "history_ms": _timed(lambda: engine.history(plan.histories[0]))[0] * 1000,
+        "position_ms": _timed(engine.position, first_user, first_movie)[0] * 1000,
+        "day_top_ms": _timed(engine.day_top, *day)[0] * 1000,
+        "history_ms": _timed(engine.history, plan.histories[0])[0] * 1000,
         "viewers_per_movie_ms": _timed(engine.viewers_per_movie)[0] * 1000,
     }
     answers: dict[str, Any] = {"positions": [], "histories": {}}
@@ -181,17 +181,17 @@ def reads(engine_name: str, scratch: Path, postgres: PostgresServer | None) -> d
         work = len(plan.positions) + len(plan.histories) + 2 * WARM_REPEATS
         task = bar.add_task(f"{engine_name}: warm reads", total=work)
         for user, movie in plan.positions:
-            took, found = _timed(lambda user=user, movie=movie: engine.position(user, movie))
+            took, found = _timed(engine.position, user, movie)
             seconds["position"].append(took)
             answers["positions"].append(found)
             bar.advance(task)
         for user in plan.histories:
-            took, rows = _timed(lambda user=user: engine.history(user))
+            took, rows = _timed(engine.history, user)
             seconds["history"].append(took)
             answers["histories"][user] = rows
             bar.advance(task)
         for _ in range(WARM_REPEATS):
-            took, answers["day_top"] = _timed(lambda: engine.day_top(*day))
+            took, answers["day_top"] = _timed(engine.day_top, *day)
             seconds["day_top"].append(took)
             took, answers["viewers_per_movie"] = _timed(engine.viewers_per_movie)
             seconds["viewers_per_movie"].append(took)
