@@ -60,7 +60,8 @@ _DUCK_DAY_TOP = (
     " GROUP BY movie_id QUALIFY rank() OVER (ORDER BY events DESC) <= $3"
 )
 _DUCK_HISTORY = (
-    "SELECT DISTINCT movie_id, movie_time_offset, epoch_ms(event_time) FROM views WHERE user_id = $1"
+    "SELECT DISTINCT movie_id, movie_time_offset, epoch_ms(event_time) FROM views"
+    " WHERE user_id = $1"
 )
 _DUCK_VIEWERS = "SELECT movie_id, count(*) FROM latest_view GROUP BY movie_id"
 
