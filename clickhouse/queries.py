@@ -53,11 +53,13 @@ MOST_WATCHED_EVENTS = (
 )
 
 # The storage study's other reads (loadtest/storage): what the product would ask next.
+# Every copy of an event has its event_id: counting distinct ids is exact without FINAL, which
+# would merge all of views before filtering (3-4 times slower on 1M events in the study).
 MOST_WATCHED_ON_DAY = (
-    "SELECT movie_id, count() FROM {db}.views FINAL"
+    "SELECT movie_id, uniqExact(event_id) AS events FROM {db}.views"
     " WHERE event_time >= {{start:DateTime64(3, 'UTC')}}"
     " AND event_time < {{end:DateTime64(3, 'UTC')}}"
-    " GROUP BY movie_id ORDER BY count() DESC LIMIT {{limit:UInt32}} WITH TIES"
+    " GROUP BY movie_id ORDER BY events DESC LIMIT {{limit:UInt32}} WITH TIES"
 )
 VIEWER_HISTORY = (
     "SELECT movie_id, movie_time_offset, event_time FROM {db}.views FINAL"
