@@ -82,13 +82,13 @@ class _MemorySampler:
         self._thread.join()
 
     def peak(self, window: list[float], client_baseline: int) -> int:
-        start, end = window
+        start, end, client_at_end = window
         within = [
             max(0, client - client_baseline) + server
             for at, client, server in self.samples
             if start <= at <= end
         ]
-        return max(within, default=0)
+        return max(within, default=max(0, int(client_at_end) - client_baseline))
 
 
 def _run_worker(

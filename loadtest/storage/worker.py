@@ -76,6 +76,11 @@ def _pss() -> int:
     return int(psutil.Process().memory_full_info().pss)
 
 
+def _window(started: float) -> list[float]:
+    """Start, end and this process's PSS at the end (a floor for phases shorter than a sample)."""
+    return [started, time.time(), _pss()]
+
+
 def load(engine_name: str, scratch: Path, postgres: PostgresServer | None) -> dict[str, Any]:
     data, plan = Dataset.load(scratch / "dataset"), Plan.load(scratch / "plan.json")
     rows = len(data.delivery)
@@ -97,7 +102,7 @@ def load(engine_name: str, scratch: Path, postgres: PostgresServer | None) -> di
             bar.advance(task, len(batch))
         finish_seconds = _timed(engine.finish_load)[0]
         result["phases"]["bulk_insert"] = {
-            "window": [started, time.time()],
+            "window": _window(started),
             "rows": plan.bulk_rows,
             "insert_seconds": sum(insert_seconds),
             "rows_per_second": plan.bulk_rows / max(sum(insert_seconds), 1e-9),
@@ -146,7 +151,7 @@ def _reads_while_inserting(
     # At least one sink wait per batch: a single fast batch is not a rate.
     elapsed = max(time.time() - started, len(payloads) * SINK_MAX_WAIT_S)
     return {
-        "window": [started, time.time()],
+        "window": _window(started),
         "rows": sum(sizes),
         "target_rows_per_second": plan.steady_rate,
         "achieved_rows_per_second": sum(sizes) / elapsed,
@@ -202,7 +207,7 @@ def reads(engine_name: str, scratch: Path, postgres: PostgresServer | None) -> d
     engine.close()
     return {
         "baseline_pss": baseline,
-        "phases": {"reads": {"window": [started, time.time()], "cold": cold, "warm": warm}},
+        "phases": {"reads": {"window": _window(started), "cold": cold, "warm": warm}},
         "bytes_on_disk": on_disk,
         "answers": answers,
     }
