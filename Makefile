@@ -19,7 +19,7 @@ STACK_LOCK := .local/stack.lock
 
 .PHONY: setup run test lint token schemas manifests clean chaos soak bench bench-short
 .PHONY: cluster-up cluster-down dev
-.PHONY: dlq dlq-replay observe trace logs otelcol
+.PHONY: dlq dlq-replay observe trace logs otelcol storage-study
 # The OpenTelemetry variables given to make or set in the shell, handed to the functions as they
 # are (docs/observability.md); none set: nothing is exported.
 OTEL_ENV := $(foreach v,$(filter OTEL_%,$(.VARIABLES)),$(v)='$($(v))')
@@ -42,6 +42,7 @@ help:
 	@echo "make observe collector, Jaeger, OpenSearch, Spotlight on this machine; then make run OBSERVE=1"
 	@echo "make trace ID=<trace id>   a trace as a text waterfall; make logs TRACE=<trace id>: its log lines"
 	@echo "make dlq-replay         send the dead letters that now pass back to the sink (DRY_RUN=1, REASON=, OFFSETS=A-B)"
+	@echo "make storage-study   ClickHouse vs PostgreSQL vs DuckDB, 10M events (STUDY_ARGS=--help)"
 
 $(UV):
 	@$(PYTHON) -m venv .local/uv
@@ -173,3 +174,7 @@ trace: $(VENV)/.synced
 logs: $(VENV)/.synced
 	@test -n "$(TRACE)" || { echo "usage: make logs TRACE=<trace id>" >&2; exit 2; }
 	@$(PY) infra/observe/observe.py logs $(TRACE)
+
+# Installs Debian's PostgreSQL 15 itself if it is missing; runs its own server on a free port.
+storage-study: setup
+	PYTHONPATH=infra $(PY) -m loadtest.storage $(STUDY_ARGS)
