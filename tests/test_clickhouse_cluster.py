@@ -196,7 +196,12 @@ def test_the_cluster_manifests_agree_with_each_other_and_the_engine_of_the_tests
         "--cluster",
         cluster["name"],
     ]
-    settings = by_kind["ConfigMap"]["data"]
+    (settings,) = (
+        document["data"]
+        for document in documents
+        if document["kind"] == "ConfigMap"
+        and document["metadata"]["name"].startswith("watch-progress-settings")
+    )
     assert settings["CLICKHOUSE_CLUSTER"] == cluster["name"]
     # Images pinned to the engine version the tests run.
     version = str(store.client.query("SELECT version()").result_rows[0][0])
