@@ -27,6 +27,13 @@ SinkFaultPoint = Literal["before_insert", "after_insert"]
 LOCAL_STATE_DIR = Path(__file__).resolve().parents[1] / ".local"
 
 
+def _read_secret_file(variable: str, path: Any) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{variable} {path}: {exc.strerror}") from exc
+
+
 class Settings(BaseSettings):
     """Everything the functions and the local host read from the environment."""
 
@@ -237,22 +244,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _clickhouse_dsn_given(cls, data: Any) -> Any:
-        """The DSN from the environment, else from ``CLICKHOUSE_DSN_FILE``; no silent default:
-        a pod whose Secret is missing must not start against some other database."""
-        if not isinstance(data, dict) or data.get("clickhouse_dsn"):
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """``CLICKHOUSE_DSN`` and ``SENTRY_DSN`` from the environment, else from their ``_FILE``
+        (an OpenFaaS secret, a mounted Secret). The DSN has no silent default: a pod whose
+        Secret is missing must not start against some other database."""
+        if not isinstance(data, dict):
             return data
-        dsn_file = data.get("clickhouse_dsn_file")
-        if not dsn_file:
+        data = {**data}
+        for key in ("clickhouse_dsn", "sentry_dsn"):
+            path = data.get(f"{key}_file")
+            if not data.get(key) and path:
+                data[key] = _read_secret_file(f"{key.upper()}_FILE", path)
+        if not data.get("clickhouse_dsn"):
             raise ValueError(
                 "CLICKHOUSE_DSN (or CLICKHOUSE_DSN_FILE) is not set: give "
                 "http(s)://user:password@host:8123, or chdb:///<dir> for the embedded engine"
             )
-        try:
-            dsn = Path(dsn_file).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"CLICKHOUSE_DSN_FILE {dsn_file}: {exc.strerror}") from exc
-        return {**data, "clickhouse_dsn": dsn}
+        return data
 
     # --- Abuse limits (docs/security.md) -----------------------------------------------------
     http_max_header_bytes: int = Field(
@@ -303,6 +311,11 @@ class Settings(BaseSettings):
         None,
         description="Sentry DSN: warnings, errors and every dead-lettered record are reported "
         "there (docs/observability.md). Unset: nothing is sent.",
+    )
+    sentry_dsn_file: Path | None = Field(
+        None,
+        description="File holding the Sentry DSN (an OpenFaaS secret), read at start when "
+        "`SENTRY_DSN` is unset.",
     )
     sentry_environment: str | None = Field(
         None, description="Sentry `environment` of the reports (Sentry's default: production)."

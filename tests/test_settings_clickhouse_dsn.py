@@ -61,6 +61,19 @@ def test_the_dsn_is_read_from_its_file(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert settings.clickhouse_dsn == "http://views:s3cret@clickhouse:8123"
 
 
+def test_the_sentry_dsn_is_read_from_its_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # OpenFaaS hands secrets to a function as files only (/var/openfaas/secrets/<key>).
+    dsn_file = tmp_path / "SENTRY_DSN"
+    dsn_file.write_text("https://public@sentry.example/1\n")
+    monkeypatch.delenv("SENTRY_DSN", raising=False)
+    monkeypatch.setenv("SENTRY_DSN_FILE", str(dsn_file))
+    assert Settings(jwt_secret=JWT_SECRET).sentry_dsn == "https://public@sentry.example/1"
+    monkeypatch.delenv("SENTRY_DSN_FILE")
+    assert Settings(jwt_secret=JWT_SECRET).sentry_dsn is None
+
+
 def test_the_environment_wins_over_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLICKHOUSE_DSN", "http://clickhouse:8123")
     monkeypatch.setenv("CLICKHOUSE_DSN_FILE", "/nonexistent")
