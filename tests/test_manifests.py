@@ -349,6 +349,27 @@ def test_prod_functions_have_disruption_budgets() -> None:
         assert any(budget.items() <= labels.items() for budget in budgets), document["metadata"]
 
 
+def test_prod_edge_limits_each_client_address_above_the_functions_own_bucket() -> None:
+    edge = _one(render(PROD), "Ingress", "ingest-edge")
+    annotations = {
+        name.removeprefix("nginx.ingress.kubernetes.io/"): value
+        for name, value in edge["metadata"]["annotations"].items()
+    }
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    per_second = int(annotations["limit-rps"])
+    # Viewers behind one NAT share an address: the edge must never refuse what one viewer's
+    # bucket in the function would still accept.
+    assert per_second >= defaults["rate_limit_per_second"]
+    assert per_second * int(annotations["limit-burst-multiplier"]) >= defaults["rate_limit_burst"]
+    assert int(annotations["limit-connections"]) > 0
+    assert annotations["proxy-body-size"] == f"{defaults['max_batch_body_bytes'] // 2**20}m"
+    assert edge["metadata"]["namespace"] == "kourier-system"
+    (rule,) = edge["spec"]["rules"]
+    assert rule["host"] in edge["spec"]["tls"][0]["hosts"]
+    (path,) = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": "kourier", "port": {"number": 80}}
+
+
 def test_prod_functions_export_to_the_collector() -> None:
     documents = render(PROD)
     service = _one(documents, "Service", "otel-collector")
