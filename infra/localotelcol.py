@@ -78,11 +78,13 @@ class LocalCollector:
             self._process.wait(timeout=30)
 
     def exports(self, signal_name: str) -> Iterator[dict[str, Any]]:
-        """Each OTLP JSON export received so far of ``traces`` or ``metrics``."""
+        """Each OTLP JSON export received so far of ``traces`` or ``metrics`` (whole lines only:
+        the collector may be writing the last one while it is read)."""
         path = self.out / f"{signal_name}.jsonl"
         if not path.exists():
             return
-        for line in path.read_bytes().splitlines():
+        written, _, _unfinished = path.read_bytes().rpartition(b"\n")
+        for line in written.splitlines():
             if line.strip():
                 yield orjson.loads(line)
 

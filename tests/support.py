@@ -204,16 +204,24 @@ class LocalHost:
     """A running ``python -m functions.local``: its URL, topics and log."""
 
     base: str
+    port: int
     views_topic: str
     log: Path
+    pid: int = 0
     returncode: int | None = None
 
 
 @contextlib.contextmanager
-def local_host(kafka: LocalKafka, tmp_path: Path, **env: str) -> Iterator[LocalHost]:
+def local_host(
+    kafka: LocalKafka,
+    tmp_path: Path,
+    preexec_fn: Callable[[], None] | None = None,
+    **env: str,
+) -> Iterator[LocalHost]:
     """``python -m functions.local`` (what ``make run`` starts) on fresh topics and its own
     engine, ready; stopped with SIGINT (Ctrl-C) on exit, its exit code then in ``returncode``.
-    ``env`` adds to its environment, which has no ``OTEL_*`` variable of the caller's."""
+    ``env`` adds to its environment, which has no ``OTEL_*`` variable of the caller's;
+    ``preexec_fn`` runs in the child before it starts (resource limits)."""
     suffix = uuid.uuid4().hex[:8]
     views, dlq = f"views-{suffix}", f"views-dlq-{suffix}"
     kafka.create_topics({views: 6, dlq: 1})
@@ -231,7 +239,7 @@ def local_host(kafka: LocalKafka, tmp_path: Path, **env: str) -> Iterator[LocalH
         "PORT": str(port),
         **env,
     }
-    host = LocalHost(f"http://127.0.0.1:{port}", views, tmp_path / "local.log")
+    host = LocalHost(f"http://127.0.0.1:{port}", port, views, tmp_path / "local.log")
     with host.log.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "functions.local"],
@@ -239,7 +247,9 @@ def local_host(kafka: LocalKafka, tmp_path: Path, **env: str) -> Iterator[LocalH
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
+    host.pid = process.pid
     try:
 
         def ready() -> bool:

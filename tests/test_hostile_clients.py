@@ -9,14 +9,12 @@ import json
 import os
 import re
 import resource
-import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import httpx
 import psutil
 import pytest
 from localkafka import LocalKafka, free_port
-from support import JWT_SECRET, bearer, eventually, make_token, repo_root
+from support import JWT_SECRET, LocalHost, bearer, eventually, local_host, make_token, repo_root
 
 # Short limits, so that the probes end quickly; the defaults are in docs/security.md.
 REQUEST_TIMEOUT_SECONDS = 2
@@ -37,18 +35,8 @@ MAX_HEADER_BYTES = 16_384
 PATIENCE = 30  # seconds any single probe may take on a loaded machine
 
 
-@dataclass(frozen=True)
-class Host:
-    base: str
-    port: int
-    pid: int
-    log: Path
-
-    def rss(self) -> int:
-        return int(psutil.Process(self.pid).memory_info().rss)
-
-    def log_text(self) -> str:
-        return self.log.read_text()
+def _rss(host: LocalHost) -> int:
+    return int(psutil.Process(host.pid).memory_info().rss)
 
 
 def _limit_files() -> None:
@@ -56,56 +44,21 @@ def _limit_files() -> None:
 
 
 @pytest.fixture(scope="module")
-def host(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    scratch = tmp_path_factory.mktemp("hostile")
-    suffix = uuid.uuid4().hex[:8]
-    views, dlq = f"views-{suffix}", f"views-dlq-{suffix}"
-    kafka.create_topics({views: 6, dlq: 1})
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "VIEWS_TOPIC": views,
-        "DLQ_TOPIC": dlq,
-        "SINK_GROUP_ID": f"sink-{suffix}",
-        "SINK_BATCH_MAX_WAIT_MS": "100",
-        "KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "CLICKHOUSE_DSN": f"chdb://{scratch / 'clickhouse'}",
-        "JWT_SECRET": JWT_SECRET,
-        "PORT": str(port),
-        "LOG_LEVEL": "DEBUG",
-        "HTTP_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT_SECONDS),
-        "HTTP_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS),
-        "RATE_LIMIT_PER_SECOND": str(RATE_PER_SECOND),
-        "RATE_LIMIT_BURST": str(BURST),
-    }
-    log = scratch / "local.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "functions.local"],
-        cwd=repo_root(),
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+def host(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHost]:
+    with local_host(
+        kafka,
+        tmp_path_factory.mktemp("hostile"),
         preexec_fn=_limit_files,
-    )
-    running = Host(f"http://127.0.0.1:{port}", port, process.pid, log)
-    try:
-
-        def healthy() -> bool:
-            assert process.poll() is None, log.read_text()
-            try:
-                return httpx.get(f"{running.base}/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        eventually(healthy, timeout=90, what="GET /healthz")
+        LOG_LEVEL="DEBUG",
+        HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT_SECONDS),
+        HTTP_KEEPALIVE_SECONDS=str(KEEPALIVE_SECONDS),
+        RATE_LIMIT_PER_SECOND=str(RATE_PER_SECOND),
+        RATE_LIMIT_BURST=str(BURST),
+    ) as running:
         yield running
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
 
 
-def _connect(host: Host) -> socket.socket:
+def _connect(host: LocalHost) -> socket.socket:
     return socket.create_connection(("127.0.0.1", host.port), timeout=PATIENCE)
 
 
@@ -151,7 +104,7 @@ def _authorized_post_head(content_length: int) -> bytes:
     )
 
 
-def _viewer_is_served(host: Host) -> None:
+def _viewer_is_served(host: LocalHost) -> None:
     viewer = uuid.uuid4()
     answer = httpx.post(
         f"{host.base}/v1/views",
@@ -162,7 +115,7 @@ def _viewer_is_served(host: Host) -> None:
     assert answer.status_code == 202, answer.text
 
 
-def test_headers_over_the_budget_get_431_and_the_connection_closes(host: Host) -> None:
+def test_headers_over_the_budget_get_431_and_the_connection_closes(host: LocalHost) -> None:
     with _connect(host) as sock:
         sock.sendall(_request_head(extra="X-Padding: " + "a" * 20_000))  # unfinished
         raw = _answer(sock)
@@ -172,7 +125,7 @@ def test_headers_over_the_budget_get_431_and_the_connection_closes(host: Host) -
     assert b'"status":431' in raw
 
 
-def test_a_head_within_the_budget_and_its_body_in_one_write_is_served(host: Host) -> None:
+def test_a_head_within_the_budget_and_its_body_in_one_write_is_served(host: LocalHost) -> None:
     # One write, larger than the header budget: the bytes after the head are body, not head.
     body = b'{"movie_id": "%s", "padding": "%s"}' % (str(uuid.uuid4()).encode(), b"a" * 60_000)
     head = _authorized_post_head(content_length=len(body)).replace(
@@ -193,7 +146,7 @@ def test_a_head_within_the_budget_and_its_body_in_one_write_is_served(host: Host
         pytest.param(_request_head(extra="X-A: b\r\n" * 200_000 + "\r\n"), id="200k headers"),
     ],
 )
-def test_no_oversized_head_reaches_the_app(host: Host, attack: bytes) -> None:
+def test_no_oversized_head_reaches_the_app(host: LocalHost, attack: bytes) -> None:
     with _connect(host) as sock:
         sent = _send_until_refused(sock, attack)
         raw = _answer(sock)
@@ -201,8 +154,8 @@ def test_no_oversized_head_reaches_the_app(host: Host, attack: bytes) -> None:
     assert (raw and _status(raw) == 431) or sent < len(attack)
 
 
-def test_unfinished_headers_cost_at_most_the_budget_per_connection(host: Host) -> None:
-    before = host.rss()
+def test_unfinished_headers_cost_at_most_the_budget_per_connection(host: LocalHost) -> None:
+    before = _rss(host)
     connections = [_connect(host) for _ in range(30)]
     try:
         taken = [
@@ -210,7 +163,7 @@ def test_unfinished_headers_cost_at_most_the_budget_per_connection(host: Host) -
             for sock in connections
         ]
         assert all(sent < 20_000_000 for sent in taken), "a 20 MB header was read to its end"
-        grown = host.rss() - before
+        grown = _rss(host) - before
     finally:
         for sock in connections:
             sock.close()
@@ -219,7 +172,7 @@ def test_unfinished_headers_cost_at_most_the_budget_per_connection(host: Host) -
     _viewer_is_served(host)
 
 
-def test_an_oversized_authorization_is_refused_before_decoding(host: Host) -> None:
+def test_an_oversized_authorization_is_refused_before_decoding(host: LocalHost) -> None:
     token = "Bearer " + "x" * 9_000
     answer = httpx.post(
         f"{host.base}/v1/views",
@@ -230,7 +183,7 @@ def test_an_oversized_authorization_is_refused_before_decoding(host: Host) -> No
     assert "8192" in answer.json()["detail"]
 
 
-def test_slow_headers_get_408_and_close(host: Host) -> None:
+def test_slow_headers_get_408_and_close(host: LocalHost) -> None:
     started = time.monotonic()
     with _connect(host) as sock:
         sock.sendall(_request_head() + b"X-Slow: 1\r\n")
@@ -239,34 +192,34 @@ def test_slow_headers_get_408_and_close(host: Host) -> None:
     assert time.monotonic() - started < PATIENCE
 
 
-def test_a_slow_body_gets_408_and_close_and_no_error(host: Host) -> None:
+def test_a_slow_body_gets_408_and_close_and_no_error(host: LocalHost) -> None:
     with _connect(host) as sock:
         sock.sendall(_authorized_post_head(content_length=100) + b"{")
         raw = _answer(sock)
     assert _status(raw) == 408, raw
-    assert '"log.level":"error"' not in host.log_text()
+    assert '"log.level":"error"' not in host.log.read_text()
 
 
-def test_a_silent_connection_is_closed(host: Host) -> None:
+def test_a_silent_connection_is_closed(host: LocalHost) -> None:
     started = time.monotonic()
     with _connect(host) as sock:
         assert _answer(sock) == b""
     assert time.monotonic() - started < PATIENCE
 
 
-def test_client_abort_mid_body_is_counted_not_an_error(host: Host) -> None:
+def test_client_abort_mid_body_is_counted_not_an_error(host: LocalHost) -> None:
     head = _authorized_post_head(content_length=1000)
     for _ in range(5):
         with _connect(host) as sock:
             sock.sendall(head + b'{"movie_id": ')
-    eventually(lambda: "client disconnected" in host.log_text(), timeout=PATIENCE)
-    log = host.log_text()
+    eventually(lambda: "client disconnected" in host.log.read_text(), timeout=PATIENCE)
+    log = host.log.read_text()
     assert '"log.level":"error"' not in log
     assert "unhandled error" not in log
     _viewer_is_served(host)
 
 
-def test_connections_beyond_the_cap_get_503_not_resets(host: Host) -> None:
+def test_connections_beyond_the_cap_get_503_not_resets(host: LocalHost) -> None:
     # Kept-alive connections stay open after their answer: together they pass the cap.
     connections = [_connect(host) for _ in range(FILE_LIMIT)]
     try:
@@ -281,7 +234,7 @@ def test_connections_beyond_the_cap_get_503_not_resets(host: Host) -> None:
     eventually(lambda: httpx.get(f"{host.base}/healthz").status_code == 200, timeout=PATIENCE)
 
 
-def test_one_viewer_flooding_gets_429_and_another_is_still_served(host: Host) -> None:
+def test_one_viewer_flooding_gets_429_and_another_is_still_served(host: LocalHost) -> None:
     flooder = bearer(uuid.uuid4())
     body = {"movie_id": str(uuid.uuid4()), "movie_time_offset": 1_000}
 
@@ -311,21 +264,21 @@ def test_one_viewer_flooding_gets_429_and_another_is_still_served(host: Host) ->
         pytest.param({"exp": float(int(time.time()) + 600)}, id="float"),
     ],
 )
-def test_absurd_expiry_is_refused(host: Host, claims: dict[str, object]) -> None:
+def test_absurd_expiry_is_refused(host: LocalHost, claims: dict[str, object]) -> None:
     answer = httpx.get(
         f"{host.base}/v1/movies/most-watched", headers=bearer(uuid.uuid4(), **claims)
     )
     assert answer.status_code == 401, answer.text
 
 
-def test_a_lifetime_over_the_maximum_is_refused(host: Host) -> None:
+def test_a_lifetime_over_the_maximum_is_refused(host: LocalHost) -> None:
     long_lived = bearer(uuid.uuid4(), expires_in=timedelta(days=31))
     answer = httpx.get(f"{host.base}/v1/movies/most-watched", headers=long_lived)
     assert answer.status_code == 401
     assert "lifetime" in answer.json()["detail"]
 
 
-def test_answers_carry_no_banner_and_nosniff_and_per_user_reads_no_store(host: Host) -> None:
+def test_answers_carry_no_banner_and_nosniff_and_per_user_reads_no_store(host: LocalHost) -> None:
     health = httpx.get(f"{host.base}/healthz")
     assert "server" not in health.headers
     assert health.headers["x-content-type-options"] == "nosniff"
@@ -340,7 +293,7 @@ def test_answers_carry_no_banner_and_nosniff_and_per_user_reads_no_store(host: H
 
 
 @pytest.mark.parametrize("limit", ["+5", " 5", "1_000", "5 ", "0x10"])
-def test_query_integers_are_strict(host: Host, limit: str) -> None:
+def test_query_integers_are_strict(host: LocalHost, limit: str) -> None:
     answer = httpx.get(
         f"{host.base}/v1/movies/most-watched",
         params={"limit": limit},
@@ -350,7 +303,7 @@ def test_query_integers_are_strict(host: Host, limit: str) -> None:
     assert answer.json()["errors"][0]["pointer"] == "#/query/limit"
 
 
-def test_most_watched_is_shared_by_concurrent_callers(host: Host) -> None:
+def test_most_watched_is_shared_by_concurrent_callers(host: LocalHost) -> None:
     async def ask() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=host.base, timeout=PATIENCE) as client:
             return await asyncio.gather(
@@ -396,7 +349,7 @@ def test_the_image_command_serves_with_the_same_limits(tmp_path: Path) -> None:
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    image = Host(f"http://127.0.0.1:{port}", port, server.pid, log)
+    image = LocalHost(f"http://127.0.0.1:{port}", port, "", log, server.pid)
     try:
 
         def healthy() -> httpx.Response | None:
