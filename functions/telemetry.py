@@ -418,6 +418,11 @@ class IngestTelemetry:
         finally:
             self._active.add(-1, active)
             self._duration.record(time.perf_counter() - started, attributes)
+        # The framework sends the answer after this returns, and the server writes its access
+        # line then: left current (never detached) for the rest of this request's task, the
+        # ended span gives that line its trace.id. Each request is a task of its own, so the
+        # context goes with it.
+        otel_context.attach(trace.set_span_in_context(span))
         if carries_events:
             self._count_rejected(response)
         return response

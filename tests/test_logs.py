@@ -17,8 +17,10 @@ import httpx
 import orjson
 import pytest
 from localkafka import free_port
-from opentelemetry import context as otel_context
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.exceptions import HTTPException
 from support import (
     RunningSink,
@@ -33,6 +35,7 @@ from support import (
 )
 
 from clickhouse.store import ViewStore
+from functions import telemetry
 from functions.auth import JwksKeys
 from functions.logs import configure_logging
 from functions.settings import Settings
@@ -149,25 +152,25 @@ def ecs_lines(settings: Settings) -> Iterator[Callable[[], list[dict[str, Any]]]
         access.propagate = False
 
 
-def _with_traceparent_span(app: Any) -> Any:
-    """What OpenTelemetry's ASGI instrumentation does for the logs: the request's trace is the
-    current span while the app runs (here without an SDK, from the ``traceparent`` header)."""
-    propagator = TraceContextTextMapPropagator()
-
-    async def traced(scope: Any, receive: Any, send: Any) -> None:
-        headers = {name.decode(): value.decode() for name, value in scope.get("headers", [])}
-        token = otel_context.attach(propagator.extract(headers))
-        try:
-            await app(scope, receive, send)
-        finally:
-            otel_context.detach(token)
-
-    return traced
+@pytest.fixture
+def ingest_traced() -> Iterator[None]:
+    """The ingest function's own telemetry on (spans kept in memory), as OTEL_* would turn it on."""
+    tracer_provider, meter_provider = TracerProvider(), MeterProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    telemetry.use_providers("ingest", tracer_provider, meter_provider)
+    try:
+        yield
+    finally:
+        telemetry.reset()
+        meter_provider.shutdown()
+        tracer_provider.shutdown()
 
 
+@pytest.mark.usefixtures("ingest_traced")
 def test_one_access_line_per_request_with_its_trace_id(
     settings: Settings, store: ViewStore, ecs_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
+    # The server writes the access line once the answer is sent, after the SERVER span ended.
     user = uuid.uuid4()
     requests = [
         ("POST", "/v1/views", {"movie_id": str(uuid.uuid4()), "movie_time_offset": 5}, 202),
@@ -175,7 +178,7 @@ def test_one_access_line_per_request_with_its_trace_id(
         ("GET", f"/v1/views/{uuid.uuid4()}/position", None, 404),
     ]
     sent: dict[str, int] = {}
-    with served_ingest(settings, store, _with_traceparent_span) as base:
+    with served_ingest(settings, store) as base:
         for method, path, body, status in requests:
             trace_id = uuid.uuid4().hex
             headers = {**bearer(user), "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"}
@@ -186,10 +189,12 @@ def test_one_access_line_per_request_with_its_trace_id(
         assert answer.status_code == 401
     access = [line for line in ecs_lines() if line["log"]["logger"] == "uvicorn.access"]
     assert len(access) == len(requests) + 1
-    by_trace = {line["trace"]["id"]: line for line in access if "trace" in line}
-    assert {t: line["http"]["response"]["status_code"] for t, line in by_trace.items()} == sent
-    untraced = [line for line in access if "trace" not in line]
-    assert [line["url"]["path"] for line in untraced] == ["/v1/views"]  # no valid traceparent
+    by_trace = {line["trace"]["id"]: line for line in access}  # every request is traced
+    continued = {t: by_trace[t]["http"]["response"]["status_code"] for t in sent}
+    assert continued == sent
+    # Without a valid traceparent the request started a trace of its own.
+    (started,) = [line for trace_id, line in by_trace.items() if trace_id not in sent]
+    assert started["http"]["response"]["status_code"] == 401
     assert all(line["service"]["name"] and line["ecs.version"] for line in access)
 
 
