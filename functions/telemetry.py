@@ -326,6 +326,15 @@ class _MessagingClient:
         )
 
 
+def _kafka_operation(topic: str, operation: str) -> dict[str, Any]:
+    """The attributes a Kafka client operation's span and metrics share."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.destination.name": topic,
+        "messaging.operation.name": operation,
+    }
+
+
 def _current_context_headers() -> KafkaHeaders:
     """Kafka record headers that carry the current context (W3C ``traceparent``, ...)."""
     carrier: dict[str, str] = {}
@@ -446,11 +455,7 @@ class IngestTelemetry:
     ) -> Iterator[tuple[KafkaHeaders, Callable[[int | None, int | None], None]]]:
         """A PRODUCER span ``send <topic>`` around one record's send and ack: yields the headers
         that carry its context, and what to call with the acknowledged partition and offset."""
-        attributes: dict[str, Any] = {
-            "messaging.system": "kafka",
-            "messaging.destination.name": topic,
-            "messaging.operation.name": "send",
-        }
+        attributes = _kafka_operation(topic, "send")
         span_attributes = {**attributes, "messaging.operation.type": "send"}
         if message_id is not None:
             span_attributes["messaging.message.id"] = message_id
@@ -531,7 +536,7 @@ class SinkTelemetry:
     def links(self, headers: Sequence[ReceivedHeaders | None]) -> list[Link]:
         """Links to the sampled producer contexts among ``headers`` (records' headers), at most
         ``max_links`` of them examined, at an even stride."""
-        stride = max(1, -(-len(headers) // self.max_links))  # ceil
+        stride = self.header_stride(len(headers))
         links = []
         for record_headers in headers[::stride]:
             context = _record_context(record_headers)
@@ -650,11 +655,7 @@ class SinkTelemetry:
         its context (one for all the records: the cost is per batch)."""
         counted = collections.Counter(reasons)
         records = sum(counted.values())
-        attributes: dict[str, Any] = {
-            "messaging.system": "kafka",
-            "messaging.destination.name": topic,
-            "messaging.operation.name": "send",
-        }
+        attributes = _kafka_operation(topic, "send")
         span_in_use = self.child(
             batch_key,
             f"send {topic}",
@@ -676,11 +677,7 @@ class SinkTelemetry:
     @contextmanager
     def commit_span(self, batch_key: object, topic: str) -> Iterator[None]:
         """The CLIENT span of a batch's offset commit."""
-        attributes: dict[str, Any] = {
-            "messaging.system": "kafka",
-            "messaging.destination.name": topic,
-            "messaging.operation.name": "commit",
-        }
+        attributes = _kafka_operation(topic, "commit")
         span_in_use = self.child(
             batch_key,
             f"commit {topic}",

@@ -90,6 +90,31 @@ def ingest_client(settings: Settings, store: ViewStore) -> Iterator[TestClient]:
         yield client
 
 
+def cloud_event_client(settings: Settings, store: ViewStore) -> TestClient:
+    """The KafkaSource trigger served by functions-framework as deployed, and a client (built
+    when called: the sink takes the telemetry set up by then)."""
+    from functions_framework.aio import _create_asgi_app_with_function
+
+    from functions.sink.triggers.cloudevent import CloudEventSink
+
+    sink = CloudEventSink(settings, lambda: store)
+    return TestClient(_create_asgi_app_with_function(sink.handle_request, "http", False))
+
+
+def kafka_source_headers(partition: int, offset: int, key: str, topic: str) -> dict[str, str]:
+    """The headers of a binary-mode CloudEvent as KafkaSource sends a record."""
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": f"partition:{partition}/offset:{offset}",
+        "ce-source": f"/apis/v1/namespaces/default/kafkasources/views-sink#{topic}",
+        "ce-type": "dev.knative.kafka.event",
+        "ce-subject": f"partition:{partition}#{offset}",
+        "ce-key": key,
+        "ce-partitionkey": key,
+        "content-type": "application/json",
+    }
+
+
 @contextlib.contextmanager
 def served_ingest(
     settings: Settings, store: ViewStore, wrap: Callable[[Any], Any] = lambda app: app

@@ -289,6 +289,9 @@ def test_refused_inserts_back_off_to_the_cap_commit_nothing_and_catch_up(
     with RunningSink(own, attempts) as sink:
         eventually(lambda: len(backoffs()) >= 7, what="the back-off to reach its cap")
         assert backoffs()[:7] == [0.1, 0.2, 0.4, 0.4, 0.4, 0.4, 0.4]
+        # Once an outage, when the retries reach the cap: an error (and so an error report).
+        exhausted = [r for r in caplog.records if r.getMessage().startswith("batch still not")]
+        assert [r.levelno for r in exhausted] == [logging.ERROR]
         # Each refused batch cost one insert, then a wait: no retry loop within a batch, no
         # spinning while backing off (the one after the last back-off may be under way).
         tried, refused = attempts.count, len(backoffs())

@@ -7,39 +7,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from functions_framework.aio import _create_asgi_app_with_function
 from starlette.testclient import TestClient
-from support import count_final, view_record
+from support import cloud_event_client, count_final, kafka_source_headers, view_record
 
 from clickhouse.migrate import apply_migrations
 from clickhouse.store import ViewStore
 from functions.settings import Settings
-from functions.sink.triggers.cloudevent import CloudEventSink
-
-
-def _client(settings: Settings, store: ViewStore) -> TestClient:
-    sink = CloudEventSink(settings, lambda: store)
-    return TestClient(_create_asgi_app_with_function(sink.handle_request, "http", False))
 
 
 @pytest.fixture
 def sink_client(settings: Settings, store: ViewStore) -> Iterator[TestClient]:
-    with _client(settings, store) as client:
+    with cloud_event_client(settings, store) as client:
         yield client
-
-
-def _kafka_source_headers(partition: int, offset: int, key: str, topic: str) -> dict[str, str]:
-    # Binary-mode CloudEvent as KafkaSource sends it.
-    return {
-        "ce-specversion": "1.0",
-        "ce-id": f"partition:{partition}/offset:{offset}",
-        "ce-source": f"/apis/v1/namespaces/default/kafkasources/views-sink#{topic}",
-        "ce-type": "dev.knative.kafka.event",
-        "ce-subject": f"partition:{partition}#{offset}",
-        "ce-key": key,
-        "ce-partitionkey": key,
-        "content-type": "application/json",
-    }
 
 
 def test_valid_event_is_stored_then_2xx(
@@ -48,7 +27,7 @@ def test_valid_event_is_stored_then_2xx(
     user, movie = uuid.uuid4(), uuid.uuid4()
     record = view_record(user, movie, 9_000, datetime(2026, 11, 21, 8, 0, tzinfo=UTC))
     key, value = record.to_kafka()
-    headers = _kafka_source_headers(2, 17, key.decode(), settings.views_topic)
+    headers = kafka_source_headers(2, 17, key.decode(), settings.views_topic)
     response = sink_client.post("/", content=value, headers=headers)
     assert 200 <= response.status_code < 300
     assert count_final(store, "views", user) == 1
@@ -68,7 +47,7 @@ def test_valid_event_is_stored_then_2xx(
 def test_poison_is_4xx_problem(
     sink_client: TestClient, settings: Settings, body: bytes, reason: str
 ) -> None:
-    headers = _kafka_source_headers(0, 5, str(uuid.uuid4()), settings.views_topic)
+    headers = kafka_source_headers(0, 5, str(uuid.uuid4()), settings.views_topic)
     response = sink_client.post("/", content=body, headers=headers)
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
@@ -78,7 +57,7 @@ def test_poison_is_4xx_problem(
 
 
 def test_event_without_kafka_identity_is_400(sink_client: TestClient) -> None:
-    headers = _kafka_source_headers(0, 1, "k", "views") | {"ce-id": "some-id"}
+    headers = kafka_source_headers(0, 1, "k", "views") | {"ce-id": "some-id"}
     response = sink_client.post("/", content=b"{}", headers=headers)
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
@@ -94,11 +73,11 @@ def test_failing_clickhouse_is_5xx_and_stores_nothing(settings: Settings, store:
     record = view_record(user, uuid.uuid4(), 1, datetime(2026, 11, 21, 8, 0, tzinfo=UTC))
     key, value = record.to_kafka()
     try:
-        with _client(
+        with cloud_event_client(
             settings.model_copy(update={"clickhouse_database": broken_db}), broken
         ) as client:
             response = client.post(
-                "/", content=value, headers=_kafka_source_headers(0, 1, key.decode(), "views")
+                "/", content=value, headers=kafka_source_headers(0, 1, key.decode(), "views")
             )
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"

@@ -12,21 +12,21 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from functions_framework.aio import _create_asgi_app_with_function
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from starlette.testclient import TestClient
 from support import (
     RunningSink,
     bearer,
+    cloud_event_client,
     consume_all,
     count_final,
     eventually,
     ingest_client,
+    kafka_source_headers,
     seed_body,
     view_record,
 )
@@ -34,7 +34,6 @@ from support import (
 from clickhouse.store import ViewStore
 from functions import telemetry
 from functions.settings import Settings
-from functions.sink.triggers.cloudevent import CloudEventSink
 
 # A caller's W3C context, sampled.
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -249,19 +248,12 @@ def test_cloud_event_continues_the_dispatchers_traceparent_and_links_the_produce
     producer_span = "1111111111111111"
     dispatcher_span = "2222222222222222"
     headers = {
-        "ce-specversion": "1.0",
-        "ce-id": "partition:2/offset:17",
-        "ce-source": f"/apis/v1/namespaces/default/kafkasources/views-sink#{settings.views_topic}",
-        "ce-type": "dev.knative.kafka.event",
-        "ce-key": key.decode(),
+        **kafka_source_headers(2, 17, key.decode(), settings.views_topic),
         # The record's own header, as KafkaSource forwards it; and the dispatcher's span.
         "ce-kafkaheadertraceparent": f"00-{CALLER_TRACE}-{producer_span}-01",
         "traceparent": f"00-{CALLER_TRACE}-{dispatcher_span}-01",
-        "content-type": "application/json",
     }
-    sink = CloudEventSink(settings, lambda: store)
-    app = _create_asgi_app_with_function(sink.handle_request, "http", False)
-    with TestClient(app) as client:
+    with cloud_event_client(settings, store) as client:
         assert client.post("/", content=value, headers=headers).status_code == 200
         garbage = {**headers, "ce-id": "partition:2/offset:18", "traceparent": "garbage"}
         garbage["ce-kafkaheadertraceparent"] = "garbage"

@@ -17,6 +17,7 @@ __all__ = [
     "ORIGIN_HEADERS",
     "REASON_HEADER",
     "DeadLetterPublisher",
+    "rejected_fields",
     "report_rejected",
 ]
 
@@ -85,3 +86,14 @@ def report_rejected(item: Rejected, dead_letter_topic: str) -> None:
         item.detail,
         dead_letter_topic,
     )
+
+
+def rejected_fields(item: Rejected) -> dict[str, Any]:
+    """A poison record's reason and origin, as the fields of its log line."""
+    origin = item.record
+    return {
+        "reason": item.reason.value,
+        "topic": origin.topic,
+        "partition": origin.partition,
+        "offset": origin.offset,
+    }

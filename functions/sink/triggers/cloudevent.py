@@ -36,7 +36,7 @@ from functions.problems import PROBLEM_CONTENT_TYPE, problem_body
 from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord
 from functions.sink.core import BatchResult, ViewsWriter, store_batch
-from functions.sink.dlq import report_rejected
+from functions.sink.dlq import rejected_fields, report_rejected
 from functions.telemetry import KafkaHeaders
 
 __all__ = ["CloudEventSink", "source_record"]
@@ -132,7 +132,7 @@ class CloudEventSink:
         batch = Batch([record])
         store = partial(self._store, batch)
         if self._telemetry is None:
-            self._conclude(batch, attributes, store())
+            self._conclude(attributes, store())
             return
         headers = kafka_headers(attributes)
         parent = telemetry.cloud_event_parent(http_headers or {}, attributes, headers)
@@ -143,7 +143,7 @@ class CloudEventSink:
             self._telemetry.end_batch(batch, exc)
             raise
         self._telemetry.end_batch(batch)
-        self._conclude(batch, attributes, result)
+        self._conclude(attributes, result)
 
     def _store(self, batch: Batch) -> BatchResult:
         try:
@@ -152,20 +152,11 @@ class CloudEventSink:
             log.warning("insert failed, KafkaSource will retry: %s", exc)
             raise _problem(503, "the view store is unavailable") from exc
 
-    def _conclude(self, batch: Batch, attributes: dict[str, Any], result: BatchResult) -> None:
-        (record,) = batch.records
+    def _conclude(self, attributes: dict[str, Any], result: BatchResult) -> None:
         if result.rejected:
             rejected = result.rejected[0]
             report_rejected(rejected, self._settings.dlq_topic)  # KafkaSource dead-letters it
-            log.info(
-                "poison record rejected",
-                extra={
-                    "reason": rejected.reason.value,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                },
-            )
+            log.info("poison record rejected", extra=rejected_fields(rejected))
             raise _problem(
                 422, rejected.detail, reason=rejected.reason.value, id=attributes.get("id")
             )

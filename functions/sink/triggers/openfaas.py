@@ -33,7 +33,7 @@ from functions.problems import problem_response
 from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord
 from functions.sink.core import ViewsWriter, store_batch
-from functions.sink.dlq import DeadLetterPublisher
+from functions.sink.dlq import DeadLetterPublisher, rejected_fields
 
 __all__ = ["ConnectorSink", "NotAConnectorCall", "connector_record"]
 
@@ -103,14 +103,6 @@ class ConnectorSink:
             )
             return problem_response(503, "the view store or the dead-letter topic is unavailable")
         if result.rejected:
-            log.info(
-                "poison record dead-lettered",
-                extra={
-                    "reason": result.rejected[0].reason.value,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                },
-            )
+            log.info("poison record dead-lettered", extra=rejected_fields(result.rejected[0]))
             return _answer("dead_lettered")
         return _answer("stored")
