@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 from typing import Any
+from uuid import UUID
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -58,7 +59,7 @@ class AsyncProducer:
             await asyncio.sleep(_POLL_INTERVAL_SECONDS)
 
     async def send(
-        self, topic: str, key: bytes, value: bytes, message_id: str | None = None
+        self, topic: str, key: bytes, value: bytes, message_id: UUID | None = None
     ) -> None:
         """Produce one record; return when the broker acknowledged it, else ``DeliveryFailed``.
 
@@ -67,7 +68,9 @@ class AsyncProducer:
         if self._telemetry is None:
             await self._deliver(topic, key, value, None)
             return
-        with self._telemetry.producer_span(topic, message_id) as (headers, acknowledged):
+        # Stringified only when traced: ~0.5 us a record that an untraced send does not need.
+        message_name = None if message_id is None else str(message_id)
+        with self._telemetry.producer_span(topic, message_name) as (headers, acknowledged):
             message = await self._deliver(topic, key, value, headers)
             acknowledged(message.partition(), message.offset())
 

@@ -453,6 +453,18 @@ def test_unknown_route_and_wrong_method(api: TestClient) -> None:
     assert response.headers["allow"] == "POST"
 
 
+def test_forged_tokens_are_charged_to_the_address_and_probes_never(
+    settings: Settings, store: ViewStore
+) -> None:
+    strict = settings.model_copy(update={"rate_limit_per_second": 0.001, "rate_limit_burst": 2})
+    forged = {"Authorization": "Bearer not.a.token"}
+    with ingest_client(strict, store) as client:
+        answers = [client.get("/v1/movies/most-watched", headers=forged) for _ in range(3)]
+        statuses = [answer.status_code for answer in answers]
+        assert statuses == [401, 401, 429]
+        assert client.get("/healthz").status_code == 200
+
+
 def test_position_of_unwatched_movie_is_404(api: TestClient) -> None:
     response = api.get(f"/v1/views/{uuid.uuid4()}/position", headers=bearer(uuid.uuid4()))
     _problem(response, 404)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from functools import partial
 from uuid import UUID
 
 import orjson
@@ -104,39 +105,46 @@ class IngestApi:
     async def handle(self, request: Request) -> Response:
         """Answer one request; every error is a problem document, never a bare 500. Traced, in
         a SERVER span named by the route template."""
+        matched = self._match(request)
         if self._telemetry is None:
-            return await self._answer(request)
-        route = self._route_of(request)
+            return await self._answer(request, matched)
         return await self._telemetry.serve(
             request,
-            None if route is None else route.route.path,
-            self._answer,
-            carries_events=route is not None and route.body_model is not None,
+            None if matched is None else matched[0].route.path,
+            partial(self._answer, matched=matched),
+            carries_events=matched is not None and matched[0].body_model is not None,
         )
 
-    def _route_of(self, request: Request) -> ConfiguredRoute | None:
-        path = request.scope["path"].rstrip("/") or "/"
+    def _match(self, request: Request) -> tuple[ConfiguredRoute, dict[str, str]] | None:
+        """The route of the request's method and path, with the path's parameters."""
+        path = request.scope["path"].rstrip("/") or "/"  # request.url would build a whole URL
         for configured, pattern in self._dispatch:
-            if configured.route.method == request.method and pattern.fullmatch(path):
-                return configured
+            if configured.route.method == request.method:
+                match = pattern.fullmatch(path)
+                if match is not None:
+                    return configured, match.groupdict()
         return None
 
-    async def _answer(self, request: Request) -> Response:
-        path = request.scope["path"].rstrip("/") or "/"  # request.url would build a whole URL
-        allowed = []
-        for configured, pattern in self._dispatch:
-            match = pattern.fullmatch(path)
-            if match is None:
-                continue
-            route = configured.route
-            if route.method != request.method:
-                allowed.append(route.method)
-                continue
-            response = await self._serve(configured, request, match.groupdict())
-            if configured.permission is not None:
-                # A viewer's own data, or a refusal about its token: no cache may keep it.
-                response.headers["Cache-Control"] = "no-store"
-            return response
+    async def _answer(
+        self, request: Request, matched: tuple[ConfiguredRoute, dict[str, str]] | None
+    ) -> Response:
+        if matched is None:
+            return self._unrouted(request)
+        configured, params = matched
+        response = await self._serve(configured, request, params)
+        if configured.permission is not None:
+            # A viewer's own data, or a refusal about its token: no cache may keep it.
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _unrouted(self, request: Request) -> Response:
+        """404, or 405 naming the methods the path has (no route has the request's)."""
+        path = request.scope["path"].rstrip("/") or "/"
+        allowed = [
+            configured.route.method
+            for configured, pattern in self._dispatch
+            if pattern.fullmatch(path) is not None
+        ]
         if allowed:
             return problem_response(
                 405, f"{request.method} is not allowed here", headers={"Allow": ", ".join(allowed)}

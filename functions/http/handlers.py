@@ -178,7 +178,7 @@ class Handlers:
 
     async def _produce(self, record: ViewRecord) -> None:
         key, value = record.to_kafka()
-        await self._producer.send(self._settings.views_topic, key, value, str(record.event_id))
+        await self._producer.send(self._settings.views_topic, key, value, record.event_id)
 
     async def healthz(self, incoming: Incoming) -> Response:
         return _json({"status": "ok"}, 200)
