@@ -70,26 +70,29 @@ def _sink_readiness() -> Readiness:
 
 
 async def _probe(request: Request) -> Response:
-    if request.url.path.rstrip("/") == "/readyz":
+    path = request.scope["path"].rstrip("/")
+    if path == "/readyz":
         return await _sink_readiness().response()
-    status, body, content_type = serving_probe_answer(request.url.path)
+    status, body, content_type = serving_probe_answer(path)
     return Response(body, status_code=status, media_type=content_type)
 
 
 @functions_framework.aio.http
 async def sink(request: Request) -> Response:
+    handler = _cloud_event_sink()  # first: its start-up sets the logs up before a probe logs
     if request.method == "GET":
         return await _probe(request)
     # The function reads the CloudEvent itself, so that it sees the request's ``traceparent``
     # header too (functions/sink/triggers/cloudevent.py); problems (4xx, 5xx) are raised as
     # HTTPException and answered by Starlette.
-    return await _cloud_event_sink().handle_request(request)
+    return await handler.handle_request(request)
 
 
 @functions_framework.aio.http
 async def sink_connector(request: Request) -> Response:
+    handler = _connector_sink()  # first: its start-up sets the logs up before a probe logs
     if request.method == "GET":
         return await _probe(request)
     body = await request.body()
     # The insert and the dead-letter acknowledgement block: off the event loop.
-    return await run_in_threadpool(_connector_sink().handle, request.headers, body)
+    return await run_in_threadpool(handler.handle, request.headers, body)

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -125,6 +126,26 @@ def test_headers_over_the_budget_get_431_and_the_connection_closes(host: LocalHo
     assert b'"status":431' in raw
 
 
+def test_a_refused_request_is_a_debug_line_with_its_status_and_client(host: LocalHost) -> None:
+    with _connect(host) as sock:
+        sock.sendall(_request_head(extra="X-Padding: " + "a" * 20_000))
+        client_port = sock.getsockname()[1]
+        assert _status(_answer(sock)) == 431
+
+    def refusal() -> dict[str, Any] | None:
+        for raw in host.log.read_text().splitlines():
+            if raw.startswith("{") and '"request refused"' in raw:
+                line: dict[str, Any] = json.loads(raw)
+                if line["client"]["port"] == client_port:
+                    return line
+        return None
+
+    line = eventually(refusal, timeout=PATIENCE, what="the refusal's log line")
+    assert line["log.level"] == "debug"
+    assert line["http"]["response"]["status_code"] == 431
+    assert line["client"]["address"] == "127.0.0.1"
+
+
 def test_a_head_within_the_budget_and_its_body_in_one_write_is_served(host: LocalHost) -> None:
     # One write, larger than the header budget: the bytes after the head are body, not head.
     body = b'{"movie_id": "%s", "padding": "%s"}' % (str(uuid.uuid4()).encode(), b"a" * 60_000)
@@ -207,7 +228,7 @@ def test_a_silent_connection_is_closed(host: LocalHost) -> None:
     assert time.monotonic() - started < PATIENCE
 
 
-def test_client_abort_mid_body_is_counted_not_an_error(host: LocalHost) -> None:
+def test_client_abort_mid_body_is_logged_at_debug_not_an_error(host: LocalHost) -> None:
     head = _authorized_post_head(content_length=1000)
     for _ in range(5):
         with _connect(host) as sock:

@@ -99,7 +99,6 @@ class IngestApi:
             if settings.rate_limit_per_second > 0
             else None
         )
-        self.disconnects = 0  # requests whose client went away before the answer
         self._telemetry = telemetry.ingest()
 
     async def handle(self, request: Request) -> Response:
@@ -178,8 +177,7 @@ class IngestApi:
             )
         except ClientDisconnect:
             # Not a fault of the function: the client hung up (or missed the body
-            # deadline); counted, and the answer goes nowhere.
-            self.disconnects += 1
+            # deadline); the answer goes nowhere.
             log.debug("client disconnected", extra={"path": route.path})
             return Response(status_code=499)
         except AuthUnavailable as exc:

@@ -116,7 +116,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._request_deadline = None
         if self.transport.is_closing():
             return
-        log.debug("request not received in time", extra={"client": self.client})
         cycle = self.cycle
         if self._awaiting_headers or not cycle.response_started:
             if not self._awaiting_headers:
@@ -127,6 +126,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer ``status`` with a problem document and close, whatever the parser's state."""
+        # Debug: the app never sees these requests (no span, no access line), and a flood of
+        # them must not flood the logs.
+        host, port = self.client or (None, None)
+        log.debug(
+            "request refused",
+            extra={
+                "http": {"response": {"status_code": status}},
+                "client": {"address": host, "port": port},
+            },
+        )
         body = problem_body(status, detail)
         lines = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
