@@ -40,6 +40,7 @@ __all__ = [
     "MigrationError",
     "Plan",
     "apply_migrations",
+    "apply_plan",
     "load_migrations",
 ]
 
@@ -182,7 +183,11 @@ def apply_migrations(
     cluster: str | None = None,
 ) -> list[Migration]:
     """Bring ``database`` up to date; returns the migrations applied now."""
-    plan = Plan.make(database, cluster, migrations)
+    return apply_plan(client, Plan.make(database, cluster, migrations))
+
+
+def apply_plan(client: Client, plan: Plan) -> list[Migration]:
+    """Run ``plan``'s migrations not recorded yet; returns the migrations applied now."""
     for statement in plan.preamble():
         client.command(statement)
     recorded = {
@@ -194,10 +199,10 @@ def apply_migrations(
             if recorded[migration.version] != migration.checksum:
                 raise MigrationError(
                     f"migration {migration.version} ({migration.name}) changed after it was"
-                    f" applied to {database}: add a new migration instead"
+                    f" applied to {plan.database}: add a new migration instead"
                 )
             continue
-        if cluster is not None:
+        if plan.cluster is not None:
             _claim(client, plan, migration)
         for statement in plan.statements(migration):
             client.command(statement)
@@ -287,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write(plan.script() + "".join(retention))
         return
     client = connect(arguments.dsn)
-    applied = apply_migrations(client, arguments.database, cluster=arguments.cluster)
+    applied = apply_plan(client, plan)
     for migration in applied:
         sys.stdout.write(f"applied {migration.version:04d}_{migration.name}\n")
     if days is not None and set_retention(client, plan, days):

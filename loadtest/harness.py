@@ -3,6 +3,7 @@ pool, the environment of the functions, and progress lines on stderr."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sys
 import time
@@ -66,6 +67,7 @@ class Harness:
         self.pool = make_pool(self.secret, size=20_000, viewers=2_000, movies=1_000)
         self.pool_file = write_pool(self.pool, scratch / "requests.tsv")
         self._collector: LocalCollector | None = None
+        self._started_on_demand = contextlib.ExitStack()  # stopped by close, before Kafka
 
     @property
     def bootstrap(self) -> str:
@@ -100,7 +102,9 @@ class Harness:
         (started on first use)."""
         if self._collector is None:
             progress("starting the OpenTelemetry Collector")
-            self._collector = LocalCollector(self.scratch / "otelcol", "bench.yaml").__enter__()
+            self._collector = self._started_on_demand.enter_context(
+                LocalCollector(self.scratch / "otelcol", "bench.yaml")
+            )
         return {
             "OTEL_EXPORTER_OTLP_ENDPOINT": self._collector.endpoint,
             "OTEL_TRACES_SAMPLER": "always_on",
@@ -113,8 +117,7 @@ class Harness:
         return [str(BIN / "python"), *args]
 
     def close(self) -> None:
-        if self._collector is not None:
-            self._collector.__exit__(None, None, None)
+        self._started_on_demand.close()
         progress("stopping Kafka")
         self.kafka.stop()
 

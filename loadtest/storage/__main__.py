@@ -15,11 +15,10 @@ from pathlib import Path
 
 import psutil
 
+from loadtest.runs import RESULTS
 from loadtest.storage.engines import ENGINES
 from loadtest.storage.report import plot, table
 from loadtest.storage.study import AnswersDiffer, StudyOptions, run_study
-
-RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def _engines(text: str) -> tuple[str, ...]:
