@@ -10,16 +10,7 @@ command -v go >/dev/null || { echo "Go is needed to build the observe stack" >&2
 mkdir -p "$out"
 
 collector() {
-    local binary=$out/otelcol-observe
-    if [[ -x $binary && $binary -nt $here/builder-config.yaml ]]; then return; fi
-    GOBIN=$out go install go.opentelemetry.io/collector/cmd/builder@v0.161.0
-    local work
-    work=$(mktemp -d)
-    sed "s|output_path: ./build|output_path: $work|" "$here/builder-config.yaml" > "$work/config.yaml"
-    echo "building the collector (1-2 minutes)..."
-    "$out/builder" --config "$work/config.yaml"
-    mv "$work/otelcol-observe" "$binary"
-    rm -rf "$work"
+    "$here/../otelcol/build.sh" "$out" "$here/builder-config.yaml" >/dev/null
 }
 
 jaeger() {
