@@ -33,6 +33,7 @@ from collections.abc import (
 )
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
@@ -358,27 +359,82 @@ def _record_context(headers: ReceivedHeaders | None) -> SpanContext | None:
     return None
 
 
+class _Tally:
+    """Totals per attribute set that an observable instrument reports at each collection.
+
+    What a request counts is added here, to a plain integer, and not to a synchronous
+    instrument: the SDK validates and hashes the attribute set on each ``add`` (3-4 us), and a
+    traced request counted four times. Only the event loop's thread adds; the reader's thread
+    reports a copy (one C-level ``dict`` copy, atomic under the GIL)."""
+
+    def __init__(self, *names: str) -> None:
+        self._names = names
+        self._totals: dict[tuple[Any, ...], int] = {}
+
+    def add(self, amount: int, *values: Any) -> None:
+        self._totals[values] = self._totals.get(values, 0) + amount
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                total,
+                {
+                    name: value
+                    for name, value in zip(self._names, values, strict=True)
+                    if value is not None
+                },
+            )
+            for values, total in dict(self._totals).items()
+        ]
+
+
 class IngestTelemetry:
-    """The ingest function's SERVER and PRODUCER spans and its metrics."""
+    """The ingest function's SERVER and PRODUCER spans and its metrics.
+
+    A traced request is the hot path of the traced function: spans are started and ended
+    directly (not through ``start_as_current_span``'s context managers), the two durations are
+    the only synchronous measurements, and the counts are ``_Tally``s."""
 
     def __init__(self, tracer: trace.Tracer, meter: Meter) -> None:
         self._tracer = tracer
         self._duration = _duration(
             meter, "http.server.request.duration", "Duration of HTTP server requests"
         )
-        self._active = meter.create_up_down_counter(
+        self._send_duration = _duration(
+            meter,
+            "messaging.client.operation.duration",
+            "Duration of messaging operation initiated by a producer or consumer",
+        )
+        self._active = _Tally("http.request.method", "url.scheme")
+        self._sent = _Tally(
+            "messaging.system",
+            "messaging.destination.name",
+            "messaging.operation.name",
+            "error.type",
+        )
+        self._accepted = _Tally()
+        self._rejected = _Tally("reason")
+        meter.create_observable_up_down_counter(
             "http.server.active_requests",
+            [self._active.observe],
             unit="{request}",
             description="Number of active HTTP server requests",
         )
-        self._messaging = _MessagingClient.on(meter)
-        self._accepted = meter.create_counter(
+        meter.create_observable_counter(
+            "messaging.client.sent.messages",
+            [self._sent.observe],
+            unit="{message}",
+            description="Number of messages producer attempted to send to the broker",
+        )
+        meter.create_observable_counter(
             "ingest.events.accepted",
+            [self._accepted.observe],
             unit="{event}",
             description="Events acknowledged by Kafka",
         )
-        self._rejected = meter.create_counter(
+        meter.create_observable_counter(
             "ingest.events.rejected",
+            [self._rejected.observe],
             unit="{event}",
             description="Events refused, by reason",
         )
@@ -394,44 +450,49 @@ class IngestTelemetry:
         answer carries ``traceresponse``."""
         method = request.method
         scheme = request.scope.get("scheme", "http")
-        attributes: dict[str, Any] = {"http.request.method": method, "url.scheme": scheme}
-        active = dict(attributes)
         # The conventions' required and conditionally required attributes only: each one costs
         # about a microsecond a request (validated by the SDK), the recommended ones (client and
         # server address, user agent, protocol version) would add a tenth to the span's cost.
-        span_attributes = {**attributes, "url.path": request.scope["path"]}
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.scheme": scheme,
+            "url.path": request.scope["path"],
+        }
         if route_template is not None:
             attributes["http.route"] = route_template
-            span_attributes["http.route"] = route_template
-        name = f"{method} {route_template}" if route_template else method
-        parent = propagate.extract(request.headers)
-        started = time.perf_counter()
-        self._active.add(1, active)
-        try:
-            with self._tracer.start_as_current_span(
-                name, context=parent, kind=SpanKind.SERVER, attributes=span_attributes
-            ) as span:
-                try:
-                    response = await answer(request)
-                except BaseException as exc:
-                    _failed(span, attributes, exc)
-                    raise
-                status = response.status_code
-                attributes["http.response.status_code"] = status
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:  # a 4xx is the client's error, not the server span's
-                    attributes["error.type"] = str(status)
-                    span.set_attribute("error.type", str(status))
-                    span.set_status(Status(StatusCode.ERROR))
-                _RESPONSE_PROPAGATOR.inject(response.headers)
-        finally:
-            self._active.add(-1, active)
-            self._duration.record(time.perf_counter() - started, attributes)
-        # The framework sends the answer after this returns, and the server writes its access
-        # line then: left current (never detached) for the rest of this request's task, the
-        # ended span gives that line its trace.id. Each request is a task of its own, so the
-        # context goes with it.
+        span = self._tracer.start_span(
+            f"{method} {route_template}" if route_template else method,
+            context=propagate.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        )
+        # Current for the rest of this request's task, never detached: the framework sends the
+        # answer after this returns and the server writes its access line then, which takes its
+        # trace.id from the (ended) span. Each request is a task of its own, so the context goes
+        # with it.
         otel_context.attach(trace.set_span_in_context(span))
+        del attributes["url.path"]  # a metric attribute of unbounded cardinality
+        self._active.add(1, method, scheme)
+        started = time.perf_counter()
+        try:
+            response = await answer(request)
+        except BaseException as exc:
+            _failed(span, attributes, exc)
+            span.record_exception(exc)
+            raise
+        else:
+            status = response.status_code
+            attributes["http.response.status_code"] = status
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:  # a 4xx is the client's error, not the server span's
+                attributes["error.type"] = str(status)
+                span.set_attribute("error.type", str(status))
+                span.set_status(Status(StatusCode.ERROR))
+            _RESPONSE_PROPAGATOR.inject(response.headers)
+        finally:
+            span.end()
+            self._active.add(-1, method, scheme)
+            self._duration.record(time.perf_counter() - started, attributes)
         if carries_events:
             self._count_rejected(response)
         return response
@@ -439,43 +500,73 @@ class IngestTelemetry:
     def _count_rejected(self, response: _Response) -> None:
         status = response.status_code
         if status >= 400:
-            self._rejected.add(1, {"reason": _REJECTION_REASONS.get(status, "other")})
+            self._rejected.add(1, _REJECTION_REASONS.get(status, "other"))
         elif status == 207:  # a batch: each item has its own status
             items = orjson.loads(bytes(response.body)).get("items", [])
             refused = collections.Counter(
                 item["problem"].get("status") for item in items if item.get("status") == "rejected"
             )
             for item_status, count in refused.items():
-                reason = _REJECTION_REASONS.get(item_status, "other")
-                self._rejected.add(count, {"reason": reason})
+                self._rejected.add(count, _REJECTION_REASONS.get(item_status, "other"))
 
-    @contextmanager
-    def producer_span(
-        self, topic: str, message_id: str | None
-    ) -> Iterator[tuple[KafkaHeaders, Callable[[int | None, int | None], None]]]:
-        """A PRODUCER span ``send <topic>`` around one record's send and ack: yields the headers
-        that carry its context, and what to call with the acknowledged partition and offset."""
-        attributes = _kafka_operation(topic, "send")
-        span_attributes = {**attributes, "messaging.operation.type": "send"}
+    def sending(self, topic: str, message_id: str | None) -> _Send:
+        """The PRODUCER span ``send <topic>`` of one record, a child of the current span: use
+        it as a context manager around the record's send and ack."""
+        return _Send(self, topic, message_id)
+
+
+class _Send:
+    """One record's PRODUCER span: ``headers`` carry its context into the record,
+    ``acknowledged`` adds the partition and offset; on exit the span ends and the send is
+    measured and counted (accepted only when no exception left the block)."""
+
+    __slots__ = ("_attributes", "_span", "_started", "_telemetry", "headers")
+
+    def __init__(self, telemetry: IngestTelemetry, topic: str, message_id: str | None) -> None:
+        self._telemetry = telemetry
+        self._attributes = _kafka_operation(topic, "send")
+        span_attributes = {**self._attributes, "messaging.operation.type": "send"}
         if message_id is not None:
             span_attributes["messaging.message.id"] = message_id
-        span_in_use = self._tracer.start_as_current_span(
+        self._span = telemetry._tracer.start_span(
             f"send {topic}", kind=SpanKind.PRODUCER, attributes=span_attributes
         )
-        try:
-            with _measured(span_in_use, self._messaging.operation_duration, attributes) as span:
-                assert span is not None
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, trace.set_span_in_context(self._span))
+        self.headers: KafkaHeaders = [(name, value.encode()) for name, value in carrier.items()]
+        self._started = time.perf_counter()
 
-                def acknowledged(partition: int | None, offset: int | None) -> None:
-                    if partition is not None:
-                        span.set_attribute("messaging.destination.partition.id", str(partition))
-                    if offset is not None:
-                        span.set_attribute("messaging.kafka.offset", offset)
+    def __enter__(self) -> _Send:
+        return self
 
-                yield _current_context_headers(), acknowledged
-        finally:
-            self._messaging.sent.add(1, attributes)
-        self._accepted.add(1)
+    def acknowledged(self, partition: int | None, offset: int | None) -> None:
+        if partition is not None:
+            self._span.set_attribute("messaging.destination.partition.id", str(partition))
+        if offset is not None:
+            self._span.set_attribute("messaging.kafka.offset", offset)
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        exc: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            _failed(self._span, self._attributes, exc)
+            self._span.record_exception(exc)
+        self._span.end()
+        telemetry = self._telemetry
+        telemetry._send_duration.record(time.perf_counter() - self._started, self._attributes)
+        attributes = self._attributes
+        telemetry._sent.add(
+            1,
+            attributes["messaging.system"],
+            attributes["messaging.destination.name"],
+            "send",
+            attributes.get("error.type"),
+        )
+        if exc is None:
+            telemetry._accepted.add(1)
 
 
 @dataclass(slots=True)
