@@ -64,16 +64,23 @@ def _measured_run(
 ) -> dict[str, Any]:
     records_before = harness.topic_size(topic)
     server_before, broker_before = service.cpu_seconds(), harness.broker_cpu_seconds()
+    main_before, other_before = service.thread_cpu_seconds()
     started = time.monotonic()
     load = _load(harness, profile, url, concurrency, profile.ingest_seconds)
     wall = time.monotonic() - started
     server_cpu = service.cpu_seconds() - server_before
+    main_after, other_after = service.thread_cpu_seconds()
+    requests = max(1, load.requests)
     broker_cpu = harness.broker_cpu_seconds() - broker_before
     acknowledged = harness.topic_size(topic) - records_before
     return {
         **asdict(load),
         "rate": load.rate,
         "server_cores": server_cpu / wall,
+        # Where a request's CPU goes: the event loop's thread (and with it every request), and
+        # the others (span export, metric reader, librdkafka's threads).
+        "server_main_thread_us": (main_after - main_before) / requests * 1e6,
+        "server_other_threads_us": (other_after - other_before) / requests * 1e6,
         "broker_cores": broker_cpu / wall,
         "generator_cores": load.generator_cpu_seconds / wall,
         "server_rss_mb": service.rss_bytes() / 2**20,

@@ -18,7 +18,7 @@ import httpx
 import psutil
 from localkafka import terminate
 
-__all__ = ["ROOT", "Service", "tree_cpu_seconds", "tree_rss_bytes"]
+__all__ = ["ROOT", "Service", "tree_cpu_seconds", "tree_rss_bytes", "tree_thread_cpu_seconds"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,6 +42,24 @@ def tree_cpu_seconds(pid: int) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def tree_thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time of the main threads of a process and its living descendants (a server worker's
+    event loop), and of all their other threads (exporters, readers, librdkafka's threads)."""
+    main = other = 0.0
+    for process in _tree(pid):
+        try:
+            threads = process.threads()
+        except psutil.NoSuchProcess:
+            continue
+        for thread in threads:
+            seconds = thread.user_time + thread.system_time
+            if thread.id == process.pid:
+                main += seconds
+            else:
+                other += seconds
+    return main, other
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -105,6 +123,9 @@ class Service:
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.pid)
+
+    def thread_cpu_seconds(self) -> tuple[float, float]:
+        return tree_thread_cpu_seconds(self.pid)
 
     def rss_bytes(self) -> int:
         return tree_rss_bytes(self.pid)

@@ -44,6 +44,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                     "broker_cores",
                 )
             }
+            threads = ("server_main_thread_us", "server_other_threads_us")
+            if all(key in run for run in runs for key in threads):  # results from before them
+                entry[system].update({key: _spread([run[key] for run in runs]) for key in threads})
             entry[system]["errors"] = sum(run["errors"] for run in runs)
             entry[system]["every_2xx_in_kafka"] = all(run["every_2xx_in_kafka"] for run in runs)
         # Each run compared with its neighbour in time: drift of the machine cancels out.
@@ -87,6 +90,15 @@ def _cell(spread: dict[str, float], fmt: str) -> str:
     return f"{spread['median']:{fmt}} ({spread['min']:{fmt}}-{spread['max']:{fmt}})"
 
 
+def _threads(row: dict[str, Any]) -> str:
+    if "server_main_thread_us" not in row:
+        return ""
+    return (
+        f" (a request: {row['server_main_thread_us']['median']:.0f} µs event-loop thread"
+        f" + {row['server_other_threads_us']['median']:.0f} µs other threads)"
+    )
+
+
 def table(results: dict[str, Any]) -> str:
     """A plain-text table: medians with min-max over the runs."""
     summary = results["summary"]
@@ -99,7 +111,7 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(
                     f"ingest c={concurrency:<3} {system:<8} | {_cell(row['rate'], ',.0f')} req/s,"
                     f" p50 {_cell(row['p50_ms'], '.1f')} ms, p99 {_cell(row['p99_ms'], '.1f')}"
-                    f" ms, server {row['server_cores']['median']:.2f} cores,"
+                    f" ms, server {row['server_cores']['median']:.2f} cores{_threads(row)},"
                     f" {row['server_rss_mb']['median']:.0f} MB, wrk/generator"
                     f" {row['generator_cores']['median']:.2f} cores, broker"
                     f" {row['broker_cores']['median']:.2f} cores, errors {row['errors']},"
