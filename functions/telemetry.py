@@ -517,7 +517,19 @@ class IngestTelemetry:
     def sending(self, topic: str, message_id: str | None) -> _Send:
         """The PRODUCER span ``send <topic>`` of one record, a child of the current span: use
         it as a context manager around the record's send and ack."""
-        return _Send(self, topic, message_id)
+        return _Send(self._tracer, topic, message_id, self._sent_one)
+
+    def _sent_one(self, attributes: dict[str, Any], seconds: float, accepted: bool) -> None:
+        self._send_duration.record(seconds, attributes)
+        self._sent.add(
+            1,
+            attributes["messaging.system"],
+            attributes["messaging.destination.name"],
+            attributes["messaging.operation.name"],
+            attributes.get("error.type"),
+        )
+        if accepted:
+            self._accepted.add(1)
 
 
 class _Send:
@@ -525,15 +537,21 @@ class _Send:
     ``acknowledged`` adds the partition and offset; on exit the span ends and the send is
     measured and counted (accepted only when no exception left the block)."""
 
-    __slots__ = ("_attributes", "_span", "_started", "_telemetry", "headers")
+    __slots__ = ("_attributes", "_done", "_span", "_started", "headers")
 
-    def __init__(self, telemetry: IngestTelemetry, topic: str, message_id: str | None) -> None:
-        self._telemetry = telemetry
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        topic: str,
+        message_id: str | None,
+        done: Callable[[dict[str, Any], float, bool], None],
+    ) -> None:
+        self._done = done  # with the metric attributes, the duration, and whether it was acked
         self._attributes = _kafka_operation(topic, "send")
         span_attributes = {**self._attributes, "messaging.operation.type": "send"}
         if message_id is not None:
             span_attributes["messaging.message.id"] = message_id
-        self._span = telemetry._tracer.start_span(
+        self._span = tracer.start_span(
             f"send {topic}", kind=SpanKind.PRODUCER, attributes=span_attributes
         )
         carrier: dict[str, str] = {}
@@ -560,18 +578,7 @@ class _Send:
             _failed(self._span, self._attributes, exc)
             self._span.record_exception(exc)
         self._span.end()
-        telemetry = self._telemetry
-        telemetry._send_duration.record(time.perf_counter() - self._started, self._attributes)
-        attributes = self._attributes
-        telemetry._sent.add(
-            1,
-            attributes["messaging.system"],
-            attributes["messaging.destination.name"],
-            "send",
-            attributes.get("error.type"),
-        )
-        if exc is None:
-            telemetry._accepted.add(1)
+        self._done(self._attributes, time.perf_counter() - self._started, exc is None)
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from support import (
     RunningSink,
     bearer,
@@ -33,6 +33,7 @@ from support import (
 
 from clickhouse.store import ViewStore
 from functions import telemetry
+from functions.errors import DeliveryFailed
 from functions.settings import Settings
 
 # A caller's W3C context, sampled.
@@ -283,6 +284,27 @@ def test_batch_links_are_bounded_by_the_sdk_link_limit(captured: Captured) -> No
     assert len(sink.links(read)) == len(read) <= sink.max_links == 128
     assert 100 < len(sink.links([traced(i) for i in range(1_000)])) <= 128
     assert sink.links([traced(1, "00")] * 10) == []
+
+
+def test_a_failed_send_is_an_error_span_counted_as_sent_and_not_accepted(
+    captured: Captured,
+) -> None:
+    ingest = telemetry.ingest()
+    assert ingest is not None
+    with pytest.raises(DeliveryFailed), ingest.sending("views", "an-event") as send:
+        assert dict(send.headers)["traceparent"]
+        raise DeliveryFailed("the broker did not acknowledge in time")
+
+    (span,) = captured.named("send views")
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes or {})["error.type"] == "DeliveryFailed"
+    assert [event.name for event in span.events] == ["exception"]
+    points = captured.metric_points()
+    (sent,) = points["messaging.client.sent.messages"]
+    assert (dict(sent.attributes)["error.type"], sent.value) == ("DeliveryFailed", 1)
+    (duration,) = points["messaging.client.operation.duration"]
+    assert dict(duration.attributes)["error.type"] == "DeliveryFailed"
+    assert "ingest.events.accepted" not in points
 
 
 def test_nothing_is_built_without_an_export_asked_for(
