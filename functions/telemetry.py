@@ -192,8 +192,8 @@ def _providers(
     for name in _exporter_names("OTEL_TRACES_EXPORTER", environ):
         # OTLP spans leave through fastotel's processor: BatchSpanProcessor's batching and
         # OTLPSpanExporter's encoding and transport, with their variables, in native code on a
-        # thread that never takes the GIL. The pure-Python pair cost a traced request ~110 us of
-        # CPU in its export thread, taken from the event loop; fastotel ~30 (docs/benchmarks.md).
+        # thread that never takes the GIL. The pure-Python pair cost a traced request ~100 us of
+        # CPU in its export thread, taken from the event loop; fastotel ~20 (docs/benchmarks.md).
         tracer_provider.add_span_processor(
             OTLPSpanProcessor() if name == "otlp" else BatchSpanProcessor(ConsoleSpanExporter())
         )
