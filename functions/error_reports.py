@@ -22,11 +22,11 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import sentry_sdk
-from opentelemetry import trace
 from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.types import Event, Hint
 
 from functions.settings import Settings
+from functions.telemetry import current_trace_ids
 
 __all__ = [
     "EVENTS_PER_GROUP_PER_MINUTE",
@@ -148,12 +148,12 @@ def _before_send(event: Event, hint: Hint) -> Event | None:
         if dropped is None:
             return None
         event.setdefault("extra", {})["not_reported_since_last"] = dropped
-    context = trace.get_current_span().get_span_context()
-    if context.is_valid:  # Sentry's own trace context becomes OpenTelemetry's, too
-        trace_id = trace.format_trace_id(context.trace_id)
+    ids = current_trace_ids()
+    if ids is not None:  # Sentry's own trace context becomes OpenTelemetry's, too
+        trace_id, span_id = ids
         event.setdefault("tags", {})["trace_id"] = trace_id
         sentry_trace = event.setdefault("contexts", {}).setdefault("trace", {})
-        sentry_trace.update(trace_id=trace_id, span_id=trace.format_span_id(context.span_id))
+        sentry_trace.update(trace_id=trace_id, span_id=span_id)
     scrubbed: Event = scrub(event)
     return scrubbed
 

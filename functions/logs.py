@@ -17,9 +17,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import ecs_logging
-from opentelemetry import trace
 
 from functions.settings import Settings
+from functions.telemetry import current_trace_ids
 
 __all__ = ["EcsFormatter", "configure_logging", "error_fields", "service_name", "url_fields"]
 
@@ -63,10 +63,9 @@ class EcsFormatter(ecs_logging.StdlibFormatter):
 
     def format_to_ecs(self, record: logging.LogRecord) -> dict[str, Any]:
         document: dict[str, Any] = super().format_to_ecs(record)
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:  # with no OpenTelemetry SDK configured there is no span
-            document["trace"] = {"id": trace.format_trace_id(context.trace_id)}
-            document["span"] = {"id": trace.format_span_id(context.span_id)}
+        ids = current_trace_ids()
+        if ids is not None:
+            document["trace"], document["span"] = {"id": ids[0]}, {"id": ids[1]}
         if record.name == _ACCESS_LOGGER and len(record.args or ()) == _ACCESS_ARGUMENTS:
             _add_access_fields(document, record.args)  # type: ignore[arg-type]
         return document

@@ -62,6 +62,7 @@ __all__ = [
     "SinkTelemetry",
     "check_configuration",
     "cloud_event_parent",
+    "current_trace_ids",
     "exporting_requested",
     "ingest",
     "reset",
@@ -270,6 +271,15 @@ def _observe_process(meter: Meter) -> None:
     )
 
 
+def current_trace_ids() -> tuple[str, str] | None:
+    """The current span's trace and span ids in W3C hex, for logs and error reports; None with
+    no valid span (telemetry off, or outside any request or batch)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
+
+
 def _failed(span: Span, attributes: dict[str, Any], exc: BaseException) -> None:
     attributes["error.type"] = type(exc).__qualname__
     span.set_attribute("error.type", attributes["error.type"])
@@ -372,11 +382,14 @@ class _Tally:
     traced request counted four times. Only the event loop's thread adds; the reader's thread
     reports a copy (one C-level ``dict`` copy, atomic under the GIL)."""
 
-    def __init__(self, *names: str) -> None:
+    def __init__(self, *names: str, constant: Mapping[str, str] | None = None) -> None:
         self._names = names
+        self._constant = dict(constant or {})  # attributes every total carries
         self._totals: dict[tuple[Any, ...], int] = {}
 
     def add(self, amount: int, *values: Any) -> None:
+        """Add to the total of the attribute set ``values`` (in the order of ``names``; a None
+        value leaves its attribute out)."""
         self._totals[values] = self._totals.get(values, 0) + amount
 
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
@@ -384,9 +397,12 @@ class _Tally:
             Observation(
                 total,
                 {
-                    name: value
-                    for name, value in zip(self._names, values, strict=True)
-                    if value is not None
+                    **self._constant,
+                    **{
+                        name: value
+                        for name, value in zip(self._names, values, strict=True)
+                        if value is not None
+                    },
                 },
             )
             for values, total in dict(self._totals).items()
@@ -412,10 +428,9 @@ class IngestTelemetry:
         )
         self._active = _Tally("http.request.method", "url.scheme")
         self._sent = _Tally(
-            "messaging.system",
             "messaging.destination.name",
-            "messaging.operation.name",
             "error.type",
+            constant={"messaging.system": "kafka", "messaging.operation.name": "send"},
         )
         self._accepted = _Tally()
         self._rejected = _Tally("reason")
@@ -425,24 +440,19 @@ class IngestTelemetry:
             unit="{request}",
             description="Number of active HTTP server requests",
         )
-        meter.create_observable_counter(
-            "messaging.client.sent.messages",
-            [self._sent.observe],
-            unit="{message}",
-            description="Number of messages producer attempted to send to the broker",
-        )
-        meter.create_observable_counter(
-            "ingest.events.accepted",
-            [self._accepted.observe],
-            unit="{event}",
-            description="Events acknowledged by Kafka",
-        )
-        meter.create_observable_counter(
-            "ingest.events.rejected",
-            [self._rejected.observe],
-            unit="{event}",
-            description="Events refused, by reason",
-        )
+        for name, tally, unit, description in (
+            (
+                "messaging.client.sent.messages",
+                self._sent,
+                "{message}",
+                "Number of messages producer attempted to send to the broker",
+            ),
+            ("ingest.events.accepted", self._accepted, "{event}", "Events acknowledged by Kafka"),
+            ("ingest.events.rejected", self._rejected, "{event}", "Events refused, by reason"),
+        ):
+            meter.create_observable_counter(
+                name, [tally.observe], unit=unit, description=description
+            )
 
     async def serve(
         self,
@@ -521,13 +531,7 @@ class IngestTelemetry:
 
     def _sent_one(self, attributes: dict[str, Any], seconds: float, accepted: bool) -> None:
         self._send_duration.record(seconds, attributes)
-        self._sent.add(
-            1,
-            attributes["messaging.system"],
-            attributes["messaging.destination.name"],
-            attributes["messaging.operation.name"],
-            attributes.get("error.type"),
-        )
+        self._sent.add(1, attributes["messaging.destination.name"], attributes.get("error.type"))
         if accepted:
             self._accepted.add(1)
 
