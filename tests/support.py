@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 import jwt
+import orjson
 import pytest
 import uvicorn
 from confluent_kafka import Message, Producer
@@ -222,6 +223,29 @@ def store_queries(store: ViewStore) -> Callable[[list[str]], list[list[dict[str,
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class BenchmarkRun:
+    stdout: str
+    results: dict[str, Any]
+
+
+def run_benchmark(module: str, out: Path, *arguments: str, timeout: float) -> BenchmarkRun:
+    """``python -m <module> --out <out> <arguments>`` as ``make`` runs it; it must succeed and
+    write one JSON result with its plot beside it."""
+    completed = subprocess.run(
+        [sys.executable, "-m", module, "--out", str(out), *arguments],
+        cwd=repo_root(),
+        env={**os.environ, "PYTHONPATH": str(repo_root() / "infra")},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (result_file,) = out.glob("*.json")
+    assert result_file.with_suffix(".png").stat().st_size > 0
+    return BenchmarkRun(completed.stdout, orjson.loads(result_file.read_bytes()))
 
 
 @dataclass

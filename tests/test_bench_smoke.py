@@ -7,28 +7,14 @@ The smoke profile uses the asyncio load generator, so this needs no ``wrk``.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import orjson
-from support import repo_root
+from support import run_benchmark
 
 
 def test_bench_smoke_profile_runs_every_scenario(tmp_path: Path) -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "loadtest", "--profile", "smoke", "--out", str(tmp_path)],
-        cwd=repo_root(),
-        env={**os.environ, "PYTHONPATH": str(repo_root() / "infra")},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    (result_file,) = tmp_path.glob("*.json")
-    assert result_file.with_suffix(".png").stat().st_size > 0
-    results = orjson.loads(result_file.read_bytes())
+    bench = run_benchmark("loadtest", tmp_path, "--profile", "smoke", timeout=240)
+    results = bench.results
     assert {run["system"] for run in results["ingest"]} == {"ours", "traced", "baseline"}
     assert all(run["every_2xx_in_kafka"] and run["succeeded"] for run in results["ingest"])
     assert 2 <= len(results["ingest_warm_up_broker_us"]) <= 8  # settling rounds, at least two
@@ -36,6 +22,6 @@ def test_bench_smoke_profile_runs_every_scenario(tmp_path: Path) -> None:
     assert {run["traced"] for run in results["sink"]} == {False, True}
     assert results["freshness"]["never_readable"] == 0
     assert all(run["count"] > 0 for run in results["queries"]["lookups"])
-    assert "ours/baseline" in completed.stdout
-    assert "traced/untraced" in completed.stdout
+    assert "ours/baseline" in bench.stdout
+    assert "traced/untraced" in bench.stdout
     assert results["machine"]["cores"] and results["versions"]["kafka"]

@@ -7,15 +7,11 @@ gave the same answers, and that the JSON, the plot and the table were written.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import repo_root
+from support import run_benchmark
 
 from loadtest.storage.dataset import generate
 from loadtest.storage.study import AnswersDiffer, check_answers
@@ -40,25 +36,16 @@ def test_a_differing_answer_fails_the_study() -> None:
 # ~20 s of CPU; the bound is for a machine shared with other work.
 @pytest.mark.timeout(900)
 def test_storage_study_smoke_run_of_all_three_engines(tmp_path: Path) -> None:
-    completed = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "loadtest.storage", "--rows", "100000", "--lookups", "200"),
-            *("--histories", "20", "--out", str(tmp_path)),
-        ],
-        cwd=repo_root(),
-        env={**os.environ, "PYTHONPATH": str(repo_root() / "infra")},
-        capture_output=True,
-        text=True,
+    bench = run_benchmark(
+        "loadtest.storage",
+        tmp_path,
+        *("--rows", "100000", "--lookups", "200", "--histories", "20"),
         timeout=840,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    (result_file,) = tmp_path.glob("*.json")
-    assert result_file.with_suffix(".png").stat().st_size > 0
-    results = json.loads(result_file.read_text())
+    results = bench.results
     assert results["answers_compared"] == ["clickhouse", "postgres", "duckdb"]
     for engine in results["engines"].values():
         assert engine["bulk_insert"]["rows"] + engine["reads_while_inserting"]["rows"] == 100_000
         assert engine["bytes_on_disk"] > 0
         assert engine["reads"]["warm"]["position_ms"]["count"] == 200
-    assert "Same answers from clickhouse, postgres, duckdb (checked)." in completed.stdout
+    assert "Same answers from clickhouse, postgres, duckdb (checked)." in bench.stdout
