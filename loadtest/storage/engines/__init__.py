@@ -17,14 +17,26 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from loadtest.storage.dataset import Batch
 from loadtest.storage.postgres import PostgresServer
 
-__all__ = ["ENGINES", "Engine", "History", "counts", "engine_type", "history", "ms"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "History",
+    "SqlEngine",
+    "SqlReads",
+    "counts",
+    "engine_type",
+    "history",
+    "ms",
+]
 
 History = list[tuple[str, int, int]]  # (movie, offset, event time ms), by time
 
@@ -82,6 +94,43 @@ class Engine(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SqlReads:
+    """The four reads of an engine queried through a DB-API cursor, positional parameters:
+    (user, movie), (day start, day end, limit), (user), ()."""
+
+    position: str
+    day_top: str
+    history: str
+    viewers: str
+
+
+class SqlEngine(Engine):
+    """An engine whose reads are its ``reads`` statements, run by ``_rows``."""
+
+    reads: SqlReads
+
+    @abstractmethod
+    def _rows(self, statement: str, *parameters: Any) -> list[Any]: ...
+
+    def _day_bounds(self, start_ms: int, end_ms: int) -> tuple[Any, Any]:
+        """The day's bounds as the ``day_top`` statement takes them."""
+        return start_ms, end_ms
+
+    def position(self, user: str, movie: str) -> tuple[int, int] | None:
+        rows = self._rows(self.reads.position, UUID(user), UUID(movie))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def day_top(self, start_ms: int, end_ms: int, limit: int) -> dict[str, int]:
+        return counts(self._rows(self.reads.day_top, *self._day_bounds(start_ms, end_ms), limit))
+
+    def history(self, user: str) -> History:
+        return history(self._rows(self.reads.history, UUID(user)))
+
+    def viewers_per_movie(self) -> dict[str, int]:
+        return counts(self._rows(self.reads.viewers))
 
 
 # Each engine's module imports its driver: a worker process loads only its own.

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import duckdb
 
 from loadtest.storage.dataset import Batch
-from loadtest.storage.engines import Engine, History, counts, history
+from loadtest.storage.engines import Engine, SqlEngine, SqlReads
 from loadtest.storage.postgres import PostgresServer
 
 __all__ = ["ENGINE"]
@@ -66,8 +65,9 @@ _DUCK_HISTORY = (
 _DUCK_VIEWERS = "SELECT movie_id, count(*) FROM latest_view GROUP BY movie_id"
 
 
-class DuckDB(Engine):
+class DuckDB(SqlEngine):
     name = "duckdb"
+    reads = SqlReads(_DUCK_POSITION, _DUCK_DAY_TOP, _DUCK_HISTORY, _DUCK_VIEWERS)
 
     @classmethod
     def open(cls, folder: Path, fresh: bool, postgres: PostgresServer | None) -> Engine:
@@ -114,19 +114,6 @@ class DuckDB(Engine):
 
     def _rows(self, statement: str, *parameters: Any) -> list[Any]:
         return self._cursor().execute(statement, list(parameters)).fetchall()
-
-    def position(self, user: str, movie: str) -> tuple[int, int] | None:
-        rows = self._rows(_DUCK_POSITION, UUID(user), UUID(movie))
-        return (int(rows[0][0]), int(rows[0][1])) if rows else None
-
-    def day_top(self, start_ms: int, end_ms: int, limit: int) -> dict[str, int]:
-        return counts(self._rows(_DUCK_DAY_TOP, start_ms, end_ms, limit))
-
-    def history(self, user: str) -> History:
-        return history(self._rows(_DUCK_HISTORY, UUID(user)))
-
-    def viewers_per_movie(self) -> dict[str, int]:
-        return counts(self._rows(_DUCK_VIEWERS))
 
     def bytes_on_disk(self) -> int:
         self._cursor().execute("CHECKPOINT")

@@ -6,12 +6,11 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import psycopg
 
 from loadtest.storage.dataset import Batch
-from loadtest.storage.engines import Engine, History, counts, history
+from loadtest.storage.engines import Engine, SqlEngine, SqlReads
 from loadtest.storage.postgres import PostgresServer
 
 __all__ = ["ENGINE"]
@@ -68,8 +67,9 @@ _PG_BYTES = (
 )
 
 
-class Postgres(Engine):
+class Postgres(SqlEngine):
     name = "postgres"
+    reads = SqlReads(_PG_POSITION, _PG_DAY_TOP, _PG_HISTORY, _PG_VIEWERS)
 
     @classmethod
     def open(cls, folder: Path, fresh: bool, postgres: PostgresServer | None) -> Engine:
@@ -115,20 +115,11 @@ class Postgres(Engine):
     def _rows(self, statement: str, *parameters: Any) -> list[Any]:
         return self._connection().execute(statement, parameters, prepare=True).fetchall()
 
-    def position(self, user: str, movie: str) -> tuple[int, int] | None:
-        rows = self._rows(_PG_POSITION, UUID(user), UUID(movie))
-        return (int(rows[0][0]), int(rows[0][1])) if rows else None
-
-    def day_top(self, start_ms: int, end_ms: int, limit: int) -> dict[str, int]:
-        start = datetime.fromtimestamp(start_ms / 1000, UTC)
-        end = datetime.fromtimestamp(end_ms / 1000, UTC)
-        return counts(self._rows(_PG_DAY_TOP, start, end, limit))
-
-    def history(self, user: str) -> History:
-        return history(self._rows(_PG_HISTORY, UUID(user)))
-
-    def viewers_per_movie(self) -> dict[str, int]:
-        return counts(self._rows(_PG_VIEWERS))
+    def _day_bounds(self, start_ms: int, end_ms: int) -> tuple[Any, Any]:
+        return (
+            datetime.fromtimestamp(start_ms / 1000, UTC),
+            datetime.fromtimestamp(end_ms / 1000, UTC),
+        )
 
     def bytes_on_disk(self) -> int:
         return int(self._rows(_PG_BYTES)[0][0])
