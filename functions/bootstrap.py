@@ -17,6 +17,7 @@ from functions import telemetry
 from functions.error_reports import configure_error_reports
 from functions.logs import configure_logging
 from functions.settings import Settings, get_settings
+from functions.telemetry import Process
 
 __all__ = ["BATCH_GC_THRESHOLD", "REQUEST_GC_THRESHOLD", "collect_cycles_rarely", "start"]
 
@@ -31,12 +32,20 @@ BATCH_GC_THRESHOLD = 200_000
 Built = TypeVar("Built")
 
 
-def start(build: Callable[[Settings], Built], gc_threshold: int) -> Built:
-    """``build(settings)`` once logging and instrumentation are set up; then the collector is
-    tuned, so that what was built is frozen out of its scans."""
+# What this process was set up as, by its first ``start``: ``functions.local`` starts as
+# "local" and then builds the ingest target, which starts too.
+_set_up_as: list[Process] = []
+
+
+def start(build: Callable[[Settings], Built], process: Process, gc_threshold: int) -> Built:
+    """``build(settings)`` once logging and instrumentation are set up for ``process`` (its
+    lines named as its traces are; only by the process's first ``start``); then the collector
+    is tuned, so that what was built is frozen out of its scans."""
     settings = get_settings()
-    configure_logging(settings)
-    _instrument(settings)
+    if not _set_up_as:
+        configure_logging(settings, telemetry.service_name(process))
+        _instrument(settings)
+        _set_up_as.append(process)
     built = build(settings)
     collect_cycles_rarely(gc_threshold)
     return built

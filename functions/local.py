@@ -35,7 +35,7 @@ def _migrated_sink(settings: Settings) -> BatchConsumer:
 
 def main() -> None:
     try:
-        settings, sink = start(lambda s: (s, _migrated_sink(s)), REQUEST_GC_THRESHOLD)
+        settings, sink = start(lambda s: (s, _migrated_sink(s)), "local", REQUEST_GC_THRESHOLD)
     except StoreUnavailable as exc:
         # One line, not a traceback. `make run`'s lock rules out a second process on the
         # embedded engine's folder, so a folder that does not open is a damaged one.

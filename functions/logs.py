@@ -11,7 +11,6 @@ through ``error_fields`` or ``exc_info``. Nothing secret is ever logged: no toke
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -19,21 +18,13 @@ from urllib.parse import unquote, urlsplit
 import ecs_logging
 
 from functions.settings import Settings
-from functions.telemetry import current_trace_ids
+from functions.telemetry import current_service_name, current_trace_ids
 
-__all__ = ["EcsFormatter", "configure_logging", "error_fields", "service_name", "url_fields"]
+__all__ = ["EcsFormatter", "configure_logging", "error_fields", "url_fields"]
 
 # uvicorn's access records: client address, method, path with query, HTTP version, status.
 _ACCESS_LOGGER = "uvicorn.access"
 _ACCESS_ARGUMENTS = 5
-# The OpenTelemetry variable, so that the logs and the traces of a function name it alike.
-_SERVICE_NAME_VARIABLE = "OTEL_SERVICE_NAME"
-_DEFAULT_SERVICE_NAME = "watch-progress"
-
-
-def service_name() -> str:
-    """The ``service.name`` of this process's logs and error reports."""
-    return os.environ.get(_SERVICE_NAME_VARIABLE) or _DEFAULT_SERVICE_NAME
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
@@ -52,8 +43,9 @@ def url_fields(url: str) -> dict[str, Any]:
 
 
 class EcsFormatter(ecs_logging.StdlibFormatter):
-    """ecs-logging's formatter, plus the current OpenTelemetry span's ``trace.id`` and
-    ``span.id``, and uvicorn's access records as ECS ``http``/``url`` fields."""
+    """ecs-logging's formatter, plus the current OpenTelemetry span's ``trace.id``,
+    ``span.id`` and ``service.name`` (``service`` outside a span), and uvicorn's access records
+    as ECS ``http``/``url`` fields."""
 
     def __init__(self, service: str) -> None:
         # log.original repeats message; color_message is uvicorn's copy with terminal colours.
@@ -66,6 +58,7 @@ class EcsFormatter(ecs_logging.StdlibFormatter):
         ids = current_trace_ids()
         if ids is not None:
             document["trace"], document["span"] = {"id": ids[0]}, {"id": ids[1]}
+            document["service"]["name"] = current_service_name() or document["service"]["name"]
         if record.name == _ACCESS_LOGGER and len(record.args or ()) == _ACCESS_ARGUMENTS:
             _add_access_fields(document, record.args)  # type: ignore[arg-type]
         return document
@@ -85,14 +78,15 @@ def _add_access_fields(document: dict[str, Any], arguments: tuple[Any, ...]) -> 
         document["client"] = {"address": address, "port": int(port)}
 
 
-def configure_logging(settings: Settings) -> None:
-    """Route every logger, uvicorn's included, through one ECS JSON handler on stdout.
+def configure_logging(settings: Settings, service: str) -> None:
+    """Route every logger, uvicorn's included, through one ECS JSON handler on stdout, as the
+    service named ``service``.
 
     Without ``LOG_ACCESS`` uvicorn's access logger is left without any handler, which is what
     makes uvicorn skip access logging altogether (not just drop the lines).
     """
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(EcsFormatter(service_name()))
+    handler.setFormatter(EcsFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

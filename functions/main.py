@@ -41,19 +41,22 @@ get_settings()
 @lru_cache(maxsize=1)
 def _ingest_api() -> IngestApi:
     return start(
-        lambda settings: IngestApi(settings, get_producer, get_store), REQUEST_GC_THRESHOLD
+        lambda settings: IngestApi(settings, get_producer, get_store),
+        "ingest",
+        REQUEST_GC_THRESHOLD,
     )
 
 
 @lru_cache(maxsize=1)
 def _cloud_event_sink() -> CloudEventSink:
-    return start(lambda settings: CloudEventSink(settings, get_store), REQUEST_GC_THRESHOLD)
+    return start(lambda settings: CloudEventSink(settings, get_store), "sink", REQUEST_GC_THRESHOLD)
 
 
 @lru_cache(maxsize=1)
 def _connector_sink() -> ConnectorSink:
     return start(
         lambda settings: ConnectorSink(settings, get_store, DeadLetterPublisher(settings)),
+        "sink",
         REQUEST_GC_THRESHOLD,
     )
 

@@ -58,23 +58,29 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 __all__ = [
     "IngestTelemetry",
     "KafkaHeaders",
+    "Process",
     "ReceivedHeaders",
     "SinkTelemetry",
     "check_configuration",
     "cloud_event_parent",
+    "current_service_name",
     "current_trace_ids",
     "exporting_requested",
     "ingest",
     "reset",
     "resident_set_bytes",
+    "service_name",
     "sink",
     "use_providers",
 ]
 
 Function = Literal["ingest", "sink"]
-DEFAULT_SERVICE_NAMES: dict[Function, str] = {
+# What a process serves: one function, or both (``functions.local``).
+Process = Function | Literal["local"]
+DEFAULT_SERVICE_NAMES: dict[Process, str] = {
     "ingest": "watch-progress-ingest",
     "sink": "watch-progress-sink",
+    "local": "watch-progress-local",
 }
 _SCOPE = "watch-progress"
 # Any of these asks for an export; without one, telemetry is off (see the module docstring).
@@ -185,10 +191,7 @@ def _providers(
     """The SDK providers the variables describe; the SDK itself reads the rest of them
     (sampler, span limits, batch processor, export interval, endpoint, headers, certificate)."""
     _check_protocol(environ)
-    # The variables' service name and attributes win over the function's default.
-    resource = Resource.create({SERVICE_NAME: DEFAULT_SERVICE_NAMES[function]}).merge(
-        OTELResourceDetector().detect()
-    )
+    resource = _resource(function)
     tracer_provider = TracerProvider(resource=resource)
     for name in _exporter_names("OTEL_TRACES_EXPORTER", environ):
         # OTLP spans leave through fastotel's processor: BatchSpanProcessor's batching and
@@ -211,6 +214,19 @@ def _providers(
         resource=resource, metric_readers=readers, exemplar_filter=exemplars
     )
     return tracer_provider, meter_provider
+
+
+def _resource(process: Process) -> Resource:
+    # The variables' service name and attributes win over the process's default.
+    return Resource.create({SERVICE_NAME: DEFAULT_SERVICE_NAMES[process]}).merge(
+        OTELResourceDetector().detect()
+    )
+
+
+def service_name(process: Process) -> str:
+    """The ``service.name`` of ``process``'s telemetry (``OTEL_SERVICE_NAME``, else
+    ``OTEL_RESOURCE_ATTRIBUTES``, else its default), for its logs and error reports to match."""
+    return str(_resource(process).attributes[SERVICE_NAME])
 
 
 _active: dict[Function, IngestTelemetry | SinkTelemetry | None] = {}
@@ -278,6 +294,13 @@ def current_trace_ids() -> tuple[str, str] | None:
     if not context.is_valid:
         return None
     return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
+
+
+def current_service_name() -> str | None:
+    """The ``service.name`` of the current span's function; None outside a recorded span.
+    Where one process hosts both functions, this tells a request's lines from a batch's."""
+    resource: Resource | None = getattr(trace.get_current_span(), "resource", None)
+    return None if resource is None else str(resource.attributes.get(SERVICE_NAME, "")) or None
 
 
 def _failed(span: Span, attributes: dict[str, Any], exc: BaseException) -> None:
@@ -688,18 +711,27 @@ class SinkTelemetry:
 
     def within_batch(self, batch_key: object, work: Callable[[], Result]) -> Callable[[], Result]:
         """``work`` to run on any thread as a child of the batch's span."""
-        traced = self._batches.get(id(batch_key))
-        if traced is None:
+        if id(batch_key) not in self._batches:
             return work
 
         def run() -> Result:
-            token = otel_context.attach(traced.context)
-            try:
+            with self.in_batch(batch_key):
                 return work()
-            finally:
-                otel_context.detach(token)
 
         return run
+
+    @contextmanager
+    def in_batch(self, batch_key: object) -> Iterator[None]:
+        """The batch's span current within (on this thread), if the batch has one."""
+        traced = self._batches.get(id(batch_key))
+        if traced is None:
+            yield
+            return
+        token = otel_context.attach(traced.context)
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
 
     def child(
         self, batch_key: object, name: str, kind: SpanKind, attributes: dict[str, Any]

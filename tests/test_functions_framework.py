@@ -182,13 +182,17 @@ def test_cloudevent_sink_served_by_the_framework_stores_the_record(
     assert count == "1"
 
 
-def test_each_function_worker_collects_cycles_rarely(
+def test_each_function_worker_collects_cycles_rarely_and_sets_its_process_up_once(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Built on a worker's first request; the collector is tuned there, after the fork.
     thresholds: list[int] = []
+    logging_named: list[str] = []
     monkeypatch.setattr(bootstrap, "get_settings", lambda: settings)
-    monkeypatch.setattr(bootstrap, "configure_logging", lambda _settings: None)
+    monkeypatch.setattr(bootstrap, "_set_up_as", [])
+    monkeypatch.setattr(
+        bootstrap, "configure_logging", lambda _settings, service: logging_named.append(service)
+    )
     monkeypatch.setattr(bootstrap, "collect_cycles_rarely", thresholds.append)
     # functions/main.py reads the settings when imported, as in a pod: give it a valid environment.
     monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
@@ -201,6 +205,9 @@ def test_each_function_worker_collects_cycles_rarely(
         build()
         build.cache_clear()
     assert thresholds == [50_000, 50_000, 50_000]
+    # One process, one set-up, named by what it started as (functions.local builds the ingest
+    # target after starting as "local").
+    assert logging_named == ["watch-progress-ingest"]
 
 
 def test_collect_cycles_rarely_freezes_start_up_objects_and_raises_the_threshold() -> None:

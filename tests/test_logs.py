@@ -18,6 +18,7 @@ import orjson
 import pytest
 from localkafka import free_port
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -123,12 +124,16 @@ def test_the_checker_catches_the_collisions_that_elasticsearch_rejects() -> None
 
 @pytest.fixture
 def ecs_lines(settings: Settings) -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """The process's logging as configure_logging sets it (access log on, DEBUG), its stdout
-    stream kept in memory; the lines written so far, parsed, each checked against ECS."""
+    """The logging of a process that hosts both functions as configure_logging sets it (access
+    log on, DEBUG), its stdout stream kept in memory; the lines written so far, parsed, each
+    checked against ECS."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     access = logging.getLogger("uvicorn.access")
-    configure_logging(settings.model_copy(update={"log_access": True, "log_level": "DEBUG"}))
+    configure_logging(
+        settings.model_copy(update={"log_access": True, "log_level": "DEBUG"}),
+        telemetry.service_name("local"),
+    )
     stdout = io.StringIO()
     handler = root.handlers[0]
     assert isinstance(handler, logging.StreamHandler)
@@ -153,20 +158,28 @@ def ecs_lines(settings: Settings) -> Iterator[Callable[[], list[dict[str, Any]]]
 
 
 @pytest.fixture
-def ingest_traced() -> Iterator[None]:
-    """The ingest function's own telemetry on (spans kept in memory), as OTEL_* would turn it on."""
-    tracer_provider, meter_provider = TracerProvider(), MeterProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
-    telemetry.use_providers("ingest", tracer_provider, meter_provider)
+def traced() -> Iterator[InMemorySpanExporter]:
+    """Both functions' own telemetry on, each under its service name, as OTEL_* would turn it
+    on; their spans kept in memory."""
+    spans = InMemorySpanExporter()
+    providers: list[TracerProvider | MeterProvider] = []
+    for function in ("ingest", "sink"):
+        tracer_provider = TracerProvider(
+            resource=Resource.create({SERVICE_NAME: telemetry.service_name(function)})
+        )
+        tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+        meter_provider = MeterProvider()
+        telemetry.use_providers(function, tracer_provider, meter_provider)
+        providers += [tracer_provider, meter_provider]
     try:
-        yield
+        yield spans
     finally:
         telemetry.reset()
-        meter_provider.shutdown()
-        tracer_provider.shutdown()
+        for provider in providers:
+            provider.shutdown()
 
 
-@pytest.mark.usefixtures("ingest_traced")
+@pytest.mark.usefixtures("traced")
 def test_one_access_line_per_request_with_its_trace_id(
     settings: Settings, store: ViewStore, ecs_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
@@ -195,7 +208,36 @@ def test_one_access_line_per_request_with_its_trace_id(
     # Without a valid traceparent the request started a trace of its own.
     (started,) = [line for trace_id, line in by_trace.items() if trace_id not in sent]
     assert started["http"]["response"]["status_code"] == 401
-    assert all(line["service"]["name"] and line["ecs.version"] for line in access)
+    assert all(line["ecs.version"] for line in access)
+    # Named as their traces are, in a process that hosts both functions too; lines outside any
+    # span by the process.
+    assert {line["service"]["name"] for line in access} == {"watch-progress-ingest"}
+    logging.getLogger("functions.local").info("outside any request")
+    assert ecs_lines()[-1]["service"]["name"] == "watch-progress-local"
+
+
+def test_a_committed_batch_line_carries_its_batch_trace(
+    settings: Settings,
+    store: ViewStore,
+    ecs_lines: Callable[[], list[dict[str, Any]]],
+    traced: InMemorySpanExporter,
+) -> None:
+    # From the batch span in a trace view to the batch's line in the logs, and back.
+    database = fresh_database(store)
+    own = settings.model_copy(update={"clickhouse_database": database.database})
+    event = view_record(
+        uuid.uuid4(), uuid.uuid4(), 1, datetime.fromisoformat("2026-01-01T00:00:00+00:00")
+    )
+    produce_raw(own, [event.to_kafka()])
+    with RunningSink(own, database) as sink:
+        eventually(lambda: sink.consumer.batches_committed >= 1, what="a committed batch")
+    (line,) = [line for line in ecs_lines() if line["message"] == "batch committed"]
+    (batch,) = [span for span in traced.get_finished_spans() if span.name.startswith("process ")]
+    assert batch.context is not None
+    assert line["trace"]["id"] == f"{batch.context.trace_id:032x}"
+    assert line["span"]["id"] == f"{batch.context.span_id:016x}"
+    assert line["service"]["name"] == "watch-progress-sink"
+    assert line["log"]["origin"]["file"]["name"] == "consumer.py"
 
 
 class _BrokenStore:

@@ -353,3 +353,18 @@ def test_exporting_is_asked_for_by_the_standard_variables(
 def test_what_the_exporters_cannot_do_is_refused_at_start(environ: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="OTEL_"):
         telemetry.check_configuration(environ)
+
+
+def test_each_process_is_named_as_the_sdk_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The name the logs and error reports carry, resolved as the traces' resource is.
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    assert [telemetry.service_name(p) for p in ("ingest", "sink", "local")] == [
+        "watch-progress-ingest",
+        "watch-progress-sink",
+        "watch-progress-local",
+    ]
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes,team=a")
+    assert telemetry.service_name("sink") == "from-attributes"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-name")
+    assert telemetry.service_name("sink") == "from-name"

@@ -61,7 +61,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    consumer = start(_consumer, BATCH_GC_THRESHOLD)
+    consumer = start(_consumer, "sink", BATCH_GC_THRESHOLD)
     with _probes(get_settings(), consumer):
         consumer.run(stop)
 

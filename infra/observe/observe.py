@@ -301,7 +301,7 @@ def show_logs(trace_id: str) -> int:
             f"{line.get('message', '')}"
             + (f"  [{error.get('type')}: {error.get('message')}]" if error else "")
         )
-    print(f"{len(hits)} lines of trace {trace_id}")
+    print(f"{len(hits)} line{'' if len(hits) == 1 else 's'} of trace {trace_id}")
     return 0
 
 
