@@ -31,6 +31,7 @@ from loadtest.load import wrk_available
 from loadtest.queries import run_queries
 from loadtest.report import plot, summarise, table
 from loadtest.sink import run_sink
+from loadtest.telemetry_floor import measure_telemetry_floor
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("ingest", "sink", "freshness", "queries")
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             results["ingest"], results["ingest_warm_up_broker_us"] = run_ingest(
                 harness, profile, free_port
             )
+            results["telemetry_floor"] = measure_telemetry_floor(harness)
         if "sink" in args.only:
             batches = SINK_BATCHES if profile.name != "smoke" else SINK_BATCHES[:1]
             results["sink"] = run_sink(harness, profile, batches)

@@ -56,7 +56,14 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         traced = _pairs(at, "traced", "ours")
         if traced:
             entry["ratio_traced_rate"] = _spread([a["rate"] / b["rate"] for a, b in traced])
+            untraced_thread = entry.get("ours", {}).get("server_main_thread_us")
+            if untraced_thread is not None:
+                # Where the event-loop thread is saturated, traced >= 80 % of untraced leaves
+                # telemetry a quarter of the untraced request's CPU on it.
+                entry["telemetry_budget_us"] = untraced_thread["median"] * (1 / 0.8 - 1)
         summary[f"ingest_c{concurrency}"] = entry
+    if "telemetry_floor" in results:
+        summary["telemetry_floor"] = results["telemetry_floor"]
     if results.get("sink"):
         sink = results["sink"]
         kinds = sorted({(run["batch_max_records"], run.get("traced", False)) for run in sink})
@@ -123,10 +130,23 @@ def table(results: dict[str, Any]) -> str:
                 f" {_cell(entry['ratio_p99'], '.2f')}"
             )
             if "ratio_traced_rate" in entry:
+                budget = entry.get("telemetry_budget_us")
                 lines.append(
                     f"ingest c={concurrency:<3} traced   | req/s traced/untraced"
                     f" {_cell(entry['ratio_traced_rate'], '.2f')}"
+                    + (
+                        ""
+                        if budget is None
+                        else f"; 80 % of a saturated untraced server leaves {budget:.0f} µs"
+                        " a request for telemetry"
+                    )
                 )
+        elif key == "telemetry_floor":
+            lines.append(
+                f"tracing floor            | in-process, the calling thread's CPU a request:"
+                f" the SDK's two spans {entry['sdk_spans_us']:.0f} µs, our telemetry"
+                f" {entry['ours_us']:.0f} µs"
+            )
         elif key.startswith("sink_batch_"):
             lines.append(
                 f"sink batch {key.removeprefix('sink_batch_'):<13} | {_cell(entry['rate'], ',.0f')}"

@@ -28,4 +28,9 @@ def test_bench_smoke_profile_runs_every_scenario(tmp_path: Path) -> None:
     assert all(run["count"] > 0 for run in results["queries"]["lookups"])
     assert "ours/baseline" in bench.stdout
     assert "traced/untraced" in bench.stdout
+    # The floor under that ratio, and the budget the ratio's goal leaves.
+    floor = results["telemetry_floor"]
+    assert 0 < floor["sdk_spans_us"] and 0 < floor["ours_us"]
+    assert "the SDK's two spans" in bench.stdout
+    assert "a request for telemetry" in bench.stdout
     assert results["machine"]["cores"] and results["versions"]["kafka"]
