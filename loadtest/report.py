@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 __all__ = ["describe_queries", "plot", "summarise", "table"]
 
 SYSTEMS = ("ours", "traced", "baseline")  # traced: ours with OpenTelemetry on, every trace kept
+# The share of a core the untraced event-loop thread is busy from which its server is saturated.
+_SATURATED = 0.9
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -56,11 +58,13 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         traced = _pairs(at, "traced", "ours")
         if traced:
             entry["ratio_traced_rate"] = _spread([a["rate"] / b["rate"] for a, b in traced])
-            untraced_thread = entry.get("ours", {}).get("server_main_thread_us")
-            if untraced_thread is not None:
-                # Where the event-loop thread is saturated, traced >= 80 % of untraced leaves
-                # telemetry a quarter of the untraced request's CPU on it.
-                entry["telemetry_budget_us"] = untraced_thread["median"] * (1 / 0.8 - 1)
+            untraced = entry["ours"]
+            if "server_main_thread_us" in untraced:
+                loop_us = untraced["server_main_thread_us"]["median"]
+                if loop_us * untraced["rate"]["median"] / 1e6 >= _SATURATED:
+                    # Its rate is then the inverse of that thread's CPU a request: traced
+                    # >= 80 % of untraced leaves telemetry a quarter of the untraced request's.
+                    entry["telemetry_budget_us"] = loop_us * (1 / 0.8 - 1)
         summary[f"ingest_c{concurrency}"] = entry
     if "telemetry_floor" in results:
         summary["telemetry_floor"] = results["telemetry_floor"]
@@ -137,7 +141,7 @@ def table(results: dict[str, Any]) -> str:
                     + (
                         ""
                         if budget is None
-                        else f"; 80 % of a saturated untraced server leaves {budget:.0f} µs"
+                        else f"; untraced is saturated: 80 % of it leaves {budget:.0f} µs"
                         " a request for telemetry"
                     )
                 )
