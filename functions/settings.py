@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, FilePath, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clickhouse import DEFAULT_DATABASE
@@ -105,7 +105,9 @@ class Settings(BaseSettings):
         None, description="HS256 shared secret, at least 32 bytes (or use `JWT_SECRET_FILE`)."
     )
     jwt_secret_file: Path | None = Field(None, description="File holding the HS256 shared secret.")
-    jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS256/ES256.")
+    jwt_public_key_file: FilePath | None = Field(
+        None, description="PEM public key for RS256/ES256."
+    )
     jwt_jwks_url: str | None = Field(
         None,
         pattern=r"^https?://",
@@ -245,13 +247,14 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _secrets_from_files(cls, data: Any) -> Any:
-        """``CLICKHOUSE_DSN`` and ``SENTRY_DSN`` from the environment, else from their ``_FILE``
-        (an OpenFaaS secret, a mounted Secret). The DSN has no silent default: a pod whose
+        """``CLICKHOUSE_DSN``, ``SENTRY_DSN`` and ``JWT_SECRET`` from the environment, else from
+        their ``_FILE`` (an OpenFaaS secret, a mounted Secret), read now: a missing file stops the
+        process at start, not at its first request. The DSN has no silent default: a pod whose
         Secret is missing must not start against some other database."""
         if not isinstance(data, dict):
             return data
         data = {**data}
-        for key in ("clickhouse_dsn", "sentry_dsn"):
+        for key in ("clickhouse_dsn", "sentry_dsn", "jwt_secret"):
             path = data.get(f"{key}_file")
             if not data.get(key) and path:
                 data[key] = _read_secret_file(f"{key.upper()}_FILE", path)
@@ -328,7 +331,7 @@ class Settings(BaseSettings):
     def _key_material_matches_algorithm(self) -> Settings:
         asymmetric = (self.jwt_public_key_file, self.jwt_jwks_url)
         if self.jwt_algorithm == "HS256":
-            if self.jwt_secret is None and self.jwt_secret_file is None:
+            if self.jwt_secret is None:  # read from JWT_SECRET_FILE, if given, before this
                 raise ValueError("JWT_ALGORITHM=HS256 needs JWT_SECRET or JWT_SECRET_FILE")
             if any(source is not None for source in asymmetric):
                 raise ValueError("public keys are for RS256/ES256, not JWT_ALGORITHM=HS256")
@@ -342,10 +345,8 @@ class Settings(BaseSettings):
     def jwt_verification_key(self) -> str:
         """The secret (HS256) or PEM public key (RS256/ES256 without JWKS), read from its file."""
         if self.jwt_algorithm == "HS256":
-            if self.jwt_secret is not None:
-                return self.jwt_secret
-            assert self.jwt_secret_file is not None
-            return self.jwt_secret_file.read_text().strip()
+            assert self.jwt_secret is not None  # given, or read from JWT_SECRET_FILE
+            return self.jwt_secret
         if self.jwt_public_key_file is None:
             raise ValueError("the keys come from JWT_JWKS_URL")
         return self.jwt_public_key_file.read_text()

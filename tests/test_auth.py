@@ -246,6 +246,18 @@ def test_short_hs256_secret_is_refused_at_start() -> None:
         TokenVerifier.from_settings(_hs256_settings(jwt_secret="too-short"))
 
 
+def test_key_files_are_read_with_the_settings_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    # Read when the settings are, at import in the gunicorn master: a missing mounted Secret
+    # stops the process with one line, not each worker at its first request.
+    secret = tmp_path / "secret"
+    secret.write_text(JWT_SECRET + "\n")
+    assert Settings(jwt_secret_file=secret).jwt_verification_key() == JWT_SECRET
+    with pytest.raises(ValidationError, match=f"JWT_SECRET_FILE {tmp_path / 'gone'}"):
+        Settings(jwt_secret_file=tmp_path / "gone")
+    with pytest.raises(ValidationError, match="jwt_public_key_file"):
+        Settings(jwt_algorithm="RS256", jwt_public_key_file=tmp_path / "gone.pem")
+
+
 def test_wrong_key_type_for_the_algorithm_is_refused_at_start(tmp_path: Path) -> None:
     pem = tmp_path / "ec.pem"
     pem.write_bytes(_public_pem(EC_KEY))
