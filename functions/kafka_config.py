@@ -12,6 +12,7 @@ from typing import Any
 from functions.settings import Settings
 
 __all__ = [
+    "MAX_POLL_INTERVAL_MS",
     "consumer_config",
     "dead_letter_producer_config",
     "dead_letter_reader_config",
@@ -45,6 +46,11 @@ def dead_letter_producer_config(settings: Settings) -> dict[str, Any]:
     return _acknowledged_producer(settings, "watch-progress-sink-dlq")
 
 
+# librdkafka's default, set explicitly: a member that has not polled for this long has left its
+# group, and the sink's liveness probe allows a poll loop as long.
+MAX_POLL_INTERVAL_MS = 300_000
+
+
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """The sink's consumer-group member."""
     return {
@@ -54,6 +60,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
         "client.id": "watch-progress-sink",
         # Larger fetches and a deeper local queue (still capped by queued.max.messages.kbytes,
         # 64 MiB): with the defaults, 1 MiB a partition a fetch, a consumer draining a backlog

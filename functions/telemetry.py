@@ -342,6 +342,19 @@ def _measured(
             duration.record(time.perf_counter() - started, attributes)
 
 
+# The conventions' messaging client instruments: (name, description) of the duration, (name,
+# unit, description) of the sent count (a counter in the sink, observed over a tally in ingest).
+_OPERATION_DURATION = (
+    "messaging.client.operation.duration",
+    "Duration of messaging operation initiated by a producer or consumer",
+)
+_SENT_MESSAGES = (
+    "messaging.client.sent.messages",
+    "{message}",
+    "Number of messages producer attempted to send to the broker",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class _MessagingClient:
     """The conventions' messaging client instruments, on a function's meter."""
@@ -351,17 +364,10 @@ class _MessagingClient:
 
     @classmethod
     def on(cls, meter: Meter) -> _MessagingClient:
+        name, unit, description = _SENT_MESSAGES
         return cls(
-            _duration(
-                meter,
-                "messaging.client.operation.duration",
-                "Duration of messaging operation initiated by a producer or consumer",
-            ),
-            meter.create_counter(
-                "messaging.client.sent.messages",
-                unit="{message}",
-                description="Number of messages producer attempted to send to the broker",
-            ),
+            _duration(meter, *_OPERATION_DURATION),
+            meter.create_counter(name, unit=unit, description=description),
         )
 
 
@@ -374,10 +380,11 @@ def _kafka_operation(topic: str, operation: str) -> dict[str, Any]:
     }
 
 
-def _current_context_headers() -> KafkaHeaders:
-    """Kafka record headers that carry the current context (W3C ``traceparent``, ...)."""
+def _context_headers(context: otel_context.Context | None = None) -> KafkaHeaders:
+    """Kafka record headers that carry ``context`` (else the current one): W3C
+    ``traceparent``, ..."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context)
     return [(name, value.encode()) for name, value in carrier.items()]
 
 
@@ -444,11 +451,7 @@ class IngestTelemetry:
         self._duration = _duration(
             meter, "http.server.request.duration", "Duration of HTTP server requests"
         )
-        self._send_duration = _duration(
-            meter,
-            "messaging.client.operation.duration",
-            "Duration of messaging operation initiated by a producer or consumer",
-        )
+        self._send_duration = _duration(meter, *_OPERATION_DURATION)
         self._active = _Tally("http.request.method", "url.scheme")
         self._sent = _Tally(
             "messaging.destination.name",
@@ -463,15 +466,10 @@ class IngestTelemetry:
             unit="{request}",
             description="Number of active HTTP server requests",
         )
-        for name, tally, unit, description in (
-            (
-                "messaging.client.sent.messages",
-                self._sent,
-                "{message}",
-                "Number of messages producer attempted to send to the broker",
-            ),
-            ("ingest.events.accepted", self._accepted, "{event}", "Events acknowledged by Kafka"),
-            ("ingest.events.rejected", self._rejected, "{event}", "Events refused, by reason"),
+        for tally, name, unit, description in (
+            (self._sent, *_SENT_MESSAGES),
+            (self._accepted, "ingest.events.accepted", "{event}", "Events acknowledged by Kafka"),
+            (self._rejected, "ingest.events.rejected", "{event}", "Events refused, by reason"),
         ):
             meter.create_observable_counter(
                 name, [tally.observe], unit=unit, description=description
@@ -581,9 +579,7 @@ class _Send:
         self._span = tracer.start_span(
             f"send {topic}", kind=SpanKind.PRODUCER, attributes=span_attributes
         )
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, trace.set_span_in_context(self._span))
-        self.headers: KafkaHeaders = [(name, value.encode()) for name, value in carrier.items()]
+        self.headers = _context_headers(trace.set_span_in_context(self._span))
         self._started = time.perf_counter()
 
     def __enter__(self) -> _Send:
@@ -807,7 +803,7 @@ class SinkTelemetry:
         )
         try:
             with _measured(span_in_use, self._messaging.operation_duration, attributes):
-                yield _current_context_headers()
+                yield _context_headers()
         finally:
             self._messaging.sent.add(records, attributes)
         for reason, count in counted.items():

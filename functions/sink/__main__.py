@@ -14,16 +14,13 @@ from collections.abc import Iterator
 from types import FrameType
 
 from functions.bootstrap import BATCH_GC_THRESHOLD, start
-from functions.kafka_config import consumer_config
+from functions.kafka_config import MAX_POLL_INTERVAL_MS
 from functions.runtime import get_store
 from functions.settings import Settings, get_settings
 from functions.sink.core import ViewsWriter
 from functions.sink.faults import FaultInjectingWriter
 from functions.sink.triggers.consumer import BatchConsumer
 from functions.sink.triggers.health import HealthServer
-
-# librdkafka's default: a member that has not polled for this long has left its group.
-_DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 
 
 def _consumer(settings: Settings) -> BatchConsumer:
@@ -42,10 +39,7 @@ def _probes(settings: Settings, consumer: BatchConsumer) -> Iterator[None]:
     if settings.health_port is None:
         yield
         return
-    max_poll_ms = consumer_config(settings).get(
-        "max.poll.interval.ms", _DEFAULT_MAX_POLL_INTERVAL_MS
-    )
-    server = HealthServer(consumer, settings.health_port, stall_seconds=max_poll_ms / 1000)
+    server = HealthServer(consumer, settings.health_port, stall_seconds=MAX_POLL_INTERVAL_MS / 1000)
     server.start()
     try:
         yield

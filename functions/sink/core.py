@@ -12,7 +12,7 @@ apart with its reason).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -21,7 +21,6 @@ from pydantic import ValidationError
 
 from clickhouse import queries
 from clickhouse.canonical import is_canonical
-from functions import telemetry
 from functions.errors import RecordsRefused
 from functions.events import ViewRecord, invalid_json_message
 from functions.sink.batch import Batch, SourceRecord
@@ -77,21 +76,13 @@ _VIEWS = queries.VIEWS_TABLE.rpartition(".")[2]
 _CANONICAL_LINES = queries.CANONICAL_LINES_TABLE.rpartition(".")[2]
 
 
-class _TracedWriter:
-    """A ``ViewsWriter`` whose inserts are CLIENT spans (children of the current batch span)."""
-
-    def __init__(self, writer: ViewsWriter, sink_telemetry: SinkTelemetry) -> None:
-        self._writer = writer
-        self._telemetry = sink_telemetry
-
-    def insert_views(self, records: Sequence[ViewRecord], dedup_token: str) -> None:
-        with self._telemetry.insert_span(_VIEWS, len(records), dedup_token):
-            self._writer.insert_views(records, dedup_token)
-
-    def insert_canonical_lines(self, lines: bytes, dedup_token: str) -> None:
-        rows = lines.count(b"\n") + 1
-        with self._telemetry.insert_span(_CANONICAL_LINES, rows, dedup_token):
-            self._writer.insert_canonical_lines(lines, dedup_token)
+def _inserting(
+    sink_telemetry: SinkTelemetry | None, table: str, rows: int, dedup_token: str
+) -> AbstractContextManager[None]:
+    """The insert's CLIENT span (a child of the trigger's batch span), if traced."""
+    if sink_telemetry is None:
+        return nullcontext()
+    return sink_telemetry.insert_span(table, rows, dedup_token)
 
 
 def classify(record: SourceRecord, max_record_bytes: int) -> ViewRecord | Rejected:
@@ -127,7 +118,12 @@ _REST_SUFFIX = "-rest"  # the others, validated here
 _VALIDATED_SUFFIX = "-validated"  # all of them, validated here
 
 
-def store_batch(batch: Batch, writer: ViewsWriter, max_record_bytes: int) -> BatchResult:
+def store_batch(
+    batch: Batch,
+    writer: ViewsWriter,
+    max_record_bytes: int,
+    sink_telemetry: SinkTelemetry | None = None,
+) -> BatchResult:
     """Insert the valid records of each partition; return the count stored and the rejected.
 
     Fast path: a partition's values go to ClickHouse as they are, one line each, and ClickHouse
@@ -138,14 +134,13 @@ def store_batch(batch: Batch, writer: ViewsWriter, max_record_bytes: int) -> Bat
     takes that validated path.
     Raises ``StoreUnavailable`` at the first insert ClickHouse cannot take; partitions inserted
     before stay inserted, which is harmless because redelivering them is deduplicated.
+    With ``sink_telemetry`` (the trigger's, whose batch span is current), the validation and
+    each insert are spans.
     """
     result = BatchResult()
-    sink_telemetry = telemetry.sink()
-    if sink_telemetry is not None:
-        writer = _TracedWriter(writer, sink_telemetry)
     for topic_partition, records in batch.partitions():
         token = batch.dedup_token(topic_partition)
-        _store_partition(records, token, writer, max_record_bytes, result)
+        _store_partition(records, token, writer, max_record_bytes, result, sink_telemetry)
     return result
 
 
@@ -155,8 +150,9 @@ def _store_partition(
     writer: ViewsWriter,
     max_record_bytes: int,
     result: BatchResult,
+    sink_telemetry: SinkTelemetry | None,
 ) -> None:
-    if _insert_canonical(writer, records, token, max_record_bytes):
+    if _insert_canonical(writer, records, token, max_record_bytes, sink_telemetry):
         result.stored += len(records)
         return
     canonical: list[SourceRecord] = []
@@ -171,16 +167,23 @@ def _store_partition(
     if (
         canonical
         and rest
-        and _insert_canonical(writer, canonical, token + _CANONICAL_PART_SUFFIX, max_record_bytes)
+        and _insert_canonical(
+            writer, canonical, token + _CANONICAL_PART_SUFFIX, max_record_bytes, sink_telemetry
+        )
     ):
         result.stored += len(canonical)
-        _store_validated(rest, writer, token + _REST_SUFFIX, max_record_bytes, result)
+        validated = rest, token + _REST_SUFFIX
     else:
-        _store_validated(records, writer, token + _VALIDATED_SUFFIX, max_record_bytes, result)
+        validated = records, token + _VALIDATED_SUFFIX
+    _store_validated(*validated, writer, max_record_bytes, result, sink_telemetry)
 
 
 def _insert_canonical(
-    writer: ViewsWriter, records: list[SourceRecord], dedup_token: str, max_record_bytes: int
+    writer: ViewsWriter,
+    records: list[SourceRecord],
+    dedup_token: str,
+    max_record_bytes: int,
+    sink_telemetry: SinkTelemetry | None,
 ) -> bool:
     """Whether ClickHouse stored every record through the fast path (False: it refused them, or
     they cannot be sent as lines); ``StoreUnavailable`` passes through."""
@@ -193,7 +196,8 @@ def _insert_canonical(
     if lines.count(b"\n") != len(values) - 1:
         return False  # a value holding a line break would be read as two records
     try:
-        writer.insert_canonical_lines(lines, dedup_token)
+        with _inserting(sink_telemetry, _CANONICAL_LINES, len(values), dedup_token):
+            writer.insert_canonical_lines(lines, dedup_token)
     except RecordsRefused:
         return False
     return True
@@ -201,13 +205,13 @@ def _insert_canonical(
 
 def _store_validated(
     records: list[SourceRecord],
-    writer: ViewsWriter,
     dedup_token: str,
+    writer: ViewsWriter,
     max_record_bytes: int,
     result: BatchResult,
+    sink_telemetry: SinkTelemetry | None,
 ) -> None:
     events = []
-    sink_telemetry = telemetry.sink()
     with nullcontext() if sink_telemetry is None else sink_telemetry.validation_span(len(records)):
         for record in records:
             outcome = classify(record, max_record_bytes)
@@ -216,5 +220,6 @@ def _store_validated(
             else:
                 events.append(outcome)
     if events:
-        writer.insert_views(events, dedup_token)
+        with _inserting(sink_telemetry, _VIEWS, len(events), dedup_token):
+            writer.insert_views(events, dedup_token)
         result.stored += len(events)

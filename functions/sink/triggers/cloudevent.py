@@ -139,7 +139,7 @@ class CloudEventSink:
         self._telemetry.begin_batch(batch, record.topic, 1, [headers], parent=parent)
         try:
             result = self._telemetry.within_batch(batch, store)()
-        except HTTPException as exc:
+        except BaseException as exc:  # the answer KafkaSource gets, or a crash: the span ends
             self._telemetry.end_batch(batch, exc)
             raise
         self._telemetry.end_batch(batch)
@@ -147,7 +147,12 @@ class CloudEventSink:
 
     def _store(self, batch: Batch) -> BatchResult:
         try:
-            return store_batch(batch, self._writer_factory(), self._settings.sink_max_record_bytes)
+            return store_batch(
+                batch,
+                self._writer_factory(),
+                self._settings.sink_max_record_bytes,
+                self._telemetry,
+            )
         except StoreUnavailable as exc:
             log.warning("insert failed, KafkaSource will retry: %s", exc)
             raise _problem(503, "the view store is unavailable") from exc

@@ -149,7 +149,11 @@ class BatchConsumer:
         batch, self._buffer = Batch(self._buffer), []
         link_headers, self._link_headers = self._link_headers, []
         store: Callable[[], BatchResult] = partial(
-            store_batch, batch, self._writer, self._settings.sink_max_record_bytes
+            store_batch,
+            batch,
+            self._writer,
+            self._settings.sink_max_record_bytes,
+            self._telemetry,
         )
         if self._telemetry is not None:
             self._telemetry.begin_batch(
@@ -256,11 +260,12 @@ class BatchConsumer:
                 TopicPartition(topic, partition, offset)
                 for (topic, partition), offset in offsets.items()
             ]
-            if self._telemetry is None:
+            with (
+                nullcontext()
+                if self._telemetry is None
+                else self._telemetry.commit_span(batch, self._settings.views_topic)
+            ):
                 self._consumer.commit(offsets=next_offsets, asynchronous=False)
-            else:
-                with self._telemetry.commit_span(batch, self._settings.views_topic):
-                    self._consumer.commit(offsets=next_offsets, asynchronous=False)
         except KafkaException as exc:
             # A rebalance took the partitions: their new owner redelivers, ClickHouse dedups.
             log.warning("commit failed, records will be redelivered: %s", exc)

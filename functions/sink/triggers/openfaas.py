@@ -29,6 +29,7 @@ from confluent_kafka import KafkaException
 from starlette.responses import Response
 
 from functions.errors import StoreUnavailable
+from functions.logs import error_fields
 from functions.problems import problem_response
 from functions.settings import Settings
 from functions.sink.batch import Batch, SourceRecord
@@ -99,7 +100,7 @@ class ConnectorSink:
         except (StoreUnavailable, KafkaException) as exc:
             log.warning(
                 "record not stored, answering 503",
-                extra={"partition": record.partition, "offset": record.offset, "cause": str(exc)},
+                extra={"partition": record.partition, "offset": record.offset, **error_fields(exc)},
             )
             return problem_response(503, "the view store or the dead-letter topic is unavailable")
         if result.rejected:
