@@ -145,6 +145,13 @@ class ViewStore:
         with self._calling(statement):
             self._client.command(statement.format(db=self._db))
 
+    def rows(self, statement: str, **parameters: Any) -> Sequence[Sequence[Any]]:
+        """The rows of one query of ``clickhouse/queries.py`` on this database."""
+        with self._calling(statement):
+            query = self._client.query(statement.format(db=self._db), parameters=parameters)
+            rows: Sequence[Sequence[Any]] = query.result_rows
+            return rows
+
     @contextlib.contextmanager
     def _calling(self, what: str, refusable: bool = False) -> Iterator[None]:
         with self._exclusive:

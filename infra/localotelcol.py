@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-from localkafka import free_port
+from localkafka import free_port, terminate
 
 OTELCOL = Path(__file__).resolve().parent / "otelcol"
 REPO = OTELCOL.parent.parent
@@ -30,10 +29,11 @@ _READY = b"Everything is ready"
 
 
 def build() -> Path:
-    """The collector binary, built first if missing (a minute or more, with progress)."""
-    if not BINARY.exists():
-        print("building the OpenTelemetry Collector (once; 1-3 minutes)...", flush=True)
-        subprocess.run([str(OTELCOL / "build.sh"), str(BINARY.parent)], check=True)
+    """The collector binary, built first if missing or older than its builder configuration
+    (``build.sh`` decides, and shows progress when it builds)."""
+    subprocess.run(
+        [str(OTELCOL / "build.sh"), str(BINARY.parent)], check=True, stdout=subprocess.DEVNULL
+    )
     return BINARY
 
 
@@ -74,19 +74,22 @@ class LocalCollector:
         _traceback: TracebackType | None,
     ) -> None:
         if self._process is not None:
-            self._process.send_signal(signal.SIGTERM)
-            self._process.wait(timeout=30)
+            terminate(self._process, 30)
 
     def exports(self, signal_name: str) -> Iterator[dict[str, Any]]:
-        """Each OTLP JSON export received so far of ``traces`` or ``metrics`` (whole lines only:
-        the collector may be writing the last one while it is read)."""
-        path = self.out / f"{signal_name}.jsonl"
-        if not path.exists():
-            return
-        written, _, _unfinished = path.read_bytes().rpartition(b"\n")
-        for line in written.splitlines():
-            if line.strip():
-                yield orjson.loads(line)
+        """Each OTLP JSON export received so far of ``traces`` or ``metrics``."""
+        return read_exports(self.out / f"{signal_name}.jsonl")
+
+
+def read_exports(path: Path) -> Iterator[dict[str, Any]]:
+    """Each OTLP JSON export in a file the collector writes (whole lines only: it may be
+    writing the last one while it is read)."""
+    if not path.exists():
+        return
+    written, _, _unfinished = path.read_bytes().rpartition(b"\n")
+    for line in written.splitlines():
+        if line.strip():
+            yield orjson.loads(line)
 
 
 def spans(exports: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,16 +116,16 @@ def metric_names(exports: Iterator[dict[str, Any]]) -> dict[str, set[str]]:
 
 
 def _attribute(holder: dict[str, Any], key: str) -> Any:
-    for attribute in holder.get("attributes", []):
-        if attribute["key"] == key:
-            value = attribute["value"]
-            return next(iter(value.values())) if value else None
-    return None
+    return attributes(holder).get(key)
 
 
-def attributes(span: dict[str, Any]) -> dict[str, Any]:
-    """A span's attributes as a plain dict (OTLP JSON spells int values as strings)."""
-    return {a["key"]: _attribute(span, a["key"]) for a in span.get("attributes", [])}
+def attributes(holder: dict[str, Any]) -> dict[str, Any]:
+    """The attributes of a span or resource as a plain dict (OTLP JSON spells int values as
+    strings)."""
+    return {
+        attribute["key"]: next(iter(attribute["value"].values()), None)
+        for attribute in holder.get("attributes", [])
+    }
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from loadtest.processes import BIN, Service
 
 __all__ = ["SYSTEMS", "run_ingest"]
 
-OURS, TRACED, BASELINE = "ours", "traced", "baseline"
+OURS, TRACED, BASELINE = "ours", "traced", "baseline"  # traced: ours, every request traced
 SYSTEMS = (OURS, TRACED, BASELINE)
 
 

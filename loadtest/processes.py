@@ -18,7 +18,14 @@ import httpx
 import psutil
 from localkafka import terminate
 
-__all__ = ["ROOT", "Service", "tree_cpu_seconds", "tree_rss_bytes", "tree_thread_cpu_seconds"]
+__all__ = [
+    "ROOT",
+    "Service",
+    "tree_cpu_seconds",
+    "tree_pss_bytes",
+    "tree_rss_bytes",
+    "tree_thread_cpu_seconds",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -67,6 +74,18 @@ def tree_rss_bytes(pid: int) -> int:
     for process in _tree(pid):
         try:
             total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def tree_pss_bytes(pid: int) -> int:
+    """Proportional set size of a process and its living descendants (shared pages divided
+    among their users, so that a server's processes are not counted twice)."""
+    total = 0
+    for process in _tree(pid):
+        try:
+            total += process.memory_full_info().pss
         except psutil.NoSuchProcess:
             continue
     return total

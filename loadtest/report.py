@@ -11,9 +11,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from loadtest.ingest import SYSTEMS
+
 __all__ = ["describe_queries", "plot", "summarise", "table"]
 
-SYSTEMS = ("ours", "traced", "baseline")  # traced: ours with OpenTelemetry on, every trace kept
 # The share of a core the untraced event-loop thread is busy from which its server is saturated.
 _SATURATED = 0.9
 

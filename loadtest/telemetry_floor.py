@@ -1,11 +1,12 @@
 """What tracing one ingest request costs the thread that serves it, measured in-process: the floor
-under the bench's traced/untraced ratio (``python -m loadtest.telemetry_floor``, run by the ingest
-scenario; prints JSON).
+under the bench's traced/untraced ratio (``python -m loadtest.telemetry_floor`` with the traced
+function's ``OTEL_*`` variables, run so by the ingest scenario; prints JSON).
 
 A saturated server's rate is the inverse of its event-loop thread's CPU a request, so traced
 ≥ 80 % of untraced leaves telemetry a quarter of the untraced request's CPU. Two figures, each
-CPU time of the calling thread a request, configured as ``OTEL_*`` configures the function
-(every trace sampled, OTLP to ``--endpoint``; spans exported off the GIL):
+CPU time of the calling thread a request, configured by the same ``OTEL_*`` variables as the
+traced function (the bench's: every trace sampled, OTLP to its collector; spans exported off the
+GIL):
 
 - ``sdk_spans_us``: what the conventions ask of any implementation on the SDK: a SERVER span
   with its required attributes, its PRODUCER child, the ``traceparent`` for the record; nothing
@@ -118,10 +119,10 @@ def _ours(ingest: telemetry.IngestTelemetry) -> tuple[Callable[[], object], Call
 def measure_telemetry_floor(harness: Harness) -> dict[str, float]:
     """The figures of a fresh interpreter, exporting to the bench's collector."""
     progress("ingest: tracing's floor, in-process")
-    endpoint = harness.traced_env()["OTEL_EXPORTER_OTLP_ENDPOINT"]
     measured = subprocess.run(
-        harness.python("-m", "loadtest.telemetry_floor", "--endpoint", endpoint),
+        harness.python("-m", "loadtest.telemetry_floor"),
         cwd=ROOT,
+        env={**os.environ, **harness.traced_env()},
         capture_output=True,
         check=True,
     )
@@ -135,12 +136,8 @@ def measure_telemetry_floor(harness: Harness) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.telemetry_floor", description=__doc__)
-    parser.add_argument("--endpoint", required=True, help="OTLP/HTTP endpoint (a collector)")
     parser.add_argument("--requests", type=int, default=20_000)
     args = parser.parse_args(argv)
-    os.environ.update(
-        {"OTEL_EXPORTER_OTLP_ENDPOINT": args.endpoint, "OTEL_TRACES_SAMPLER": "always_on"}
-    )
     provider = TracerProvider()
     provider.add_span_processor(OTLPSpanProcessor())
     tracer = provider.get_tracer("telemetry-floor")

@@ -17,8 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
-import orjson
-from localotelcol import attributes, spans
+from localotelcol import attributes, read_exports, spans
 
 _KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 _COLOURS = {"watch-progress-ingest": "tab:blue", "watch-progress-sink": "tab:orange"}
@@ -43,7 +42,7 @@ def _depth(span: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> int:
 
 
 def draw(traces: Path, out: Path) -> Path:
-    every = spans(orjson.loads(line) for line in traces.read_bytes().splitlines() if line)
+    every = spans(read_exports(traces))
     server = next(s for s in every if s["name"] == "POST /v1/views")
     request = [s for s in every if s["traceId"] == server["traceId"]]
     producer = next(s for s in request if _KINDS[s["kind"]] == "PRODUCER")

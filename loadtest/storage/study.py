@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from localkafka import free_port
 
+from loadtest.processes import ROOT, tree_pss_bytes
 from loadtest.storage.dataset import generate, make_plan
+from loadtest.storage.engines import ENGINES
 from loadtest.storage.postgres import PostgresServer, ensure_installed
 from loadtest.storage.worker import progress_bar
 
 __all__ = ["AnswersDiffer", "StudyOptions", "run_study"]
 
 SAMPLE_EVERY_S = 0.25
-_REPO = Path(__file__).resolve().parents[2]
 
 
 class AnswersDiffer(Exception):
@@ -38,28 +38,13 @@ class AnswersDiffer(Exception):
 @dataclass(frozen=True)
 class StudyOptions:
     rows: int = 10_000_000
-    engines: tuple[str, ...] = ("clickhouse", "postgres", "duckdb")
+    engines: tuple[str, ...] = ENGINES
     steady_share: float = 0.1  # of the rows, inserted at a steady rate under reads
     steady_rate: int = 20_000
     lookups: int = 2_000
     histories: int = 200
     scratch_parent: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _tree_pss(root: int) -> int:
-    try:
-        process = psutil.Process(root)
-        family = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for member in family:
-        try:
-            total += member.memory_full_info().pss
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 class _MemorySampler:
@@ -74,8 +59,8 @@ class _MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_EVERY_S):
-            server = _tree_pss(self._server) if self._server is not None else 0
-            self.samples.append((time.time(), _tree_pss(self._client), server))
+            server = tree_pss_bytes(self._server) if self._server is not None else 0
+            self.samples.append((time.time(), tree_pss_bytes(self._client), server))
 
     def stop(self) -> None:
         self._stop.set()
@@ -97,7 +82,7 @@ def _run_worker(
     argv = [sys.executable, "-m", "loadtest.storage.worker", engine, phase, str(scratch)]
     if postgres is not None:
         argv += ["--postgres-port", str(postgres.port)]
-    child = subprocess.Popen(argv, cwd=_REPO)
+    child = subprocess.Popen(argv, cwd=ROOT)
     sampler = _MemorySampler(child.pid, postgres.pid() if postgres is not None else None)
     code = child.wait()
     sampler.stop()
@@ -131,7 +116,11 @@ def _run_engine(engine: str, scratch: Path) -> dict[str, Any]:
 
 
 def _reads(result: dict[str, Any]) -> dict[str, Any]:
-    return {**result["phases"], "bytes_on_disk": result["bytes_on_disk"], "_answers": result}
+    return {
+        **result["phases"],
+        "bytes_on_disk": result["bytes_on_disk"],
+        "_answers": result["answers"],
+    }
 
 
 def _first_difference(left: Any, right: Any, path: str = "") -> str | None:
@@ -191,7 +180,7 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
         }
         del data
         engines = {engine: _run_engine(engine, scratch) for engine in options.engines}
-        answers = {name: result.pop("_answers")["answers"] for name, result in engines.items()}
+        answers = {name: result.pop("_answers") for name, result in engines.items()}
         check_answers(answers)
         return {
             "rows": options.rows,

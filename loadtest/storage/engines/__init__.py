@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -36,6 +36,7 @@ __all__ = [
     "engine_type",
     "history",
     "ms",
+    "utc",
 ]
 
 History = list[tuple[str, int, int]]  # (movie, offset, event time ms), by time
@@ -43,6 +44,11 @@ History = list[tuple[str, int, int]]  # (movie, offset, event time ms), by time
 
 def ms(value: datetime) -> int:
     return round(value.timestamp() * 1000)
+
+
+def utc(milliseconds: int) -> datetime:
+    """The inverse of ``ms``: a time in ms since the epoch as an aware UTC datetime."""
+    return datetime.fromtimestamp(milliseconds / 1000, UTC)
 
 
 def counts(rows: Any) -> dict[str, int]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -12,7 +10,7 @@ from clickhouse import queries
 from clickhouse.migrate import apply_migrations
 from clickhouse.store import ViewStore
 from loadtest.storage.dataset import Batch
-from loadtest.storage.engines import Engine, History, counts, history, ms
+from loadtest.storage.engines import Engine, History, counts, history, ms, utc
 from loadtest.storage.postgres import PostgresServer
 
 __all__ = ["ENGINE"]
@@ -27,18 +25,10 @@ class ClickHouse(Engine):
         return cls(folder, fresh)
 
     def __init__(self, folder: Path, fresh: bool) -> None:
+        # The embedded engine answers one statement at a time: ViewStore serialises them.
         self._store = ViewStore.open(f"chdb://{folder}", self._DATABASE)
-        # The embedded engine answers one statement at a time (ViewStore does the same).
-        self._lock = threading.Lock()
-        self._batches = 0
         if fresh:
             apply_migrations(self._store.client, self._DATABASE)
-
-    def _query(self, statement: str, **parameters: Any) -> Any:
-        with self._lock:
-            return self._store.client.query(
-                statement.format(db=self._DATABASE), parameters=parameters
-            ).result_rows
 
     @staticmethod
     def encode(batch: Batch) -> Any:
@@ -46,31 +36,30 @@ class ClickHouse(Engine):
 
     def insert(self, payload: Any) -> None:
         lines, token = payload
-        with self._lock:
-            self._store.insert_canonical_lines(lines, token)
+        self._store.insert_canonical_lines(lines, token)
 
     def finish_load(self) -> None:
         """Nothing: merges run in the background, as in production."""
 
     def position(self, user: str, movie: str) -> tuple[int, int] | None:
-        with self._lock:
-            found = self._store.latest_position(UUID(user), UUID(movie))
+        found = self._store.latest_position(UUID(user), UUID(movie))
         return None if found is None else (found.movie_time_offset, ms(found.event_time))
 
     def day_top(self, start_ms: int, end_ms: int, limit: int) -> dict[str, int]:
-        start = datetime.fromtimestamp(start_ms / 1000, UTC)
-        end = datetime.fromtimestamp(end_ms / 1000, UTC)
-        return counts(self._query(queries.MOST_WATCHED_ON_DAY, start=start, end=end, limit=limit))
+        start, end = utc(start_ms), utc(end_ms)
+        return counts(
+            self._store.rows(queries.MOST_WATCHED_ON_DAY, start=start, end=end, limit=limit)
+        )
 
     def history(self, user: str) -> History:
-        rows = self._query(queries.VIEWER_HISTORY, user_id=UUID(user))
+        rows = self._store.rows(queries.VIEWER_HISTORY, user_id=UUID(user))
         return history((movie, offset, ms(time)) for movie, offset, time in rows)
 
     def viewers_per_movie(self) -> dict[str, int]:
-        return counts(self._query(queries.VIEWERS_PER_MOVIE))
+        return counts(self._store.rows(queries.VIEWERS_PER_MOVIE))
 
     def bytes_on_disk(self) -> int:
-        return int(self._query(queries.DATABASE_BYTES_ON_DISK, database=self._DATABASE)[0][0])
+        return int(self._store.rows(queries.DATABASE_BYTES_ON_DISK, database=self._DATABASE)[0][0])
 
     def close(self) -> None:
         self._store.client.close()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from loadtest.storage.dataset import Batch
-from loadtest.storage.engines import Engine, SqlEngine, SqlReads
+from loadtest.storage.engines import Engine, SqlEngine, SqlReads, utc
 from loadtest.storage.postgres import PostgresServer
 
 __all__ = ["ENGINE"]
@@ -116,10 +115,7 @@ class Postgres(SqlEngine):
         return self._connection().execute(statement, parameters, prepare=True).fetchall()
 
     def _day_bounds(self, start_ms: int, end_ms: int) -> tuple[Any, Any]:
-        return (
-            datetime.fromtimestamp(start_ms / 1000, UTC),
-            datetime.fromtimestamp(end_ms / 1000, UTC),
-        )
+        return utc(start_ms), utc(end_ms)
 
     def bytes_on_disk(self) -> int:
         return int(self._rows(_PG_BYTES)[0][0])
