@@ -271,11 +271,14 @@ def test_without_the_cluster_settings_an_insert_is_acknowledged_before_any_shard
     unaware = ViewStore(client, shards[1], embedded=True)
     record = view_record(uuid.uuid4(), uuid.uuid4(), 1, datetime(2026, 11, 1, tzinfo=UTC))
     client.command(f"SYSTEM STOP DISTRIBUTED SENDS {shards[1]}.views")
-    unaware.insert_views([record], "t4")
-    queued = client.query(
-        "SELECT sum(data_files) FROM system.distribution_queue WHERE database = {db:String}",
-        parameters={"db": shards[1]},
-    ).result_rows
+    try:
+        unaware.insert_views([record], "t4")
+        queued = client.query(
+            "SELECT sum(data_files) FROM system.distribution_queue WHERE database = {db:String}",
+            parameters={"db": shards[1]},
+        ).result_rows
+    finally:  # the module's other checks share the engine
+        client.command(f"SYSTEM START DISTRIBUTED SENDS {shards[1]}.views")
     assert queued[0][0] >= 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import httpx
@@ -31,7 +33,7 @@ from functions.auth import DEV_PERMISSIONS
 from functions.events import ViewRecord
 from functions.http.app import IngestApi
 from functions.producer import AsyncProducer
-from functions.settings import Settings
+from functions.settings import Settings, get_settings
 from functions.sink.core import ViewsWriter
 from functions.sink.triggers.consumer import BatchConsumer
 
@@ -102,6 +104,16 @@ def cloud_event_client(settings: Settings, store: ViewStore) -> TestClient:
     return TestClient(_create_asgi_app_with_function(sink.handle_request, "http", False))
 
 
+def functions_main(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """``functions/main.py``, the functions-framework entry points; it reads the settings when
+    imported, as in a pod, so it gets a valid environment."""
+    monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
+    try:
+        return importlib.import_module("functions.main")
+    finally:
+        get_settings.cache_clear()
+
+
 def kafka_source_headers(partition: int, offset: int, key: str, topic: str) -> dict[str, str]:
     """The headers of a binary-mode CloudEvent as KafkaSource sends a record."""
     return {
@@ -168,12 +180,18 @@ def eventually(probe: Callable[[], T | None], timeout: float = 20.0, what: str =
 
 
 def produce_raw(
-    settings: Settings, records: list[tuple[bytes | None, bytes | None]], partition: int = 0
+    settings: Settings,
+    records: list[tuple[bytes | None, bytes | None]],
+    partition: int = 0,
+    headers: list[list[tuple[str, bytes]] | None] | None = None,
 ) -> None:
-    """Write records straight to the views topic, bypassing the ingest function."""
+    """Write records straight to the views topic, bypassing the ingest function; ``headers``:
+    each record's, if given."""
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "acks": "all"})
-    for key, value in records:
-        producer.produce(settings.views_topic, value=value, key=key, partition=partition)
+    for (key, value), record_headers in zip(records, headers or [None] * len(records), strict=True):
+        producer.produce(
+            settings.views_topic, value=value, key=key, partition=partition, headers=record_headers
+        )
     assert producer.flush(10) == 0
 
 
@@ -214,6 +232,18 @@ def fresh_database(store: ViewStore) -> ViewStore:
     database = f"t_{uuid.uuid4().hex[:12]}"
     apply_migrations(store.client, database)
     return ViewStore(store.client, database, embedded=True)
+
+
+@contextlib.contextmanager
+def views_detached(store: ViewStore) -> Iterator[ViewStore]:
+    """A database of the session engine whose ``views`` table is detached: every insert fails
+    in the real engine, as with a ClickHouse that cannot take them. Attached again after."""
+    broken = fresh_database(store)
+    store.client.command(f"DETACH TABLE {broken.database}.views")
+    try:
+        yield broken
+    finally:
+        store.client.command(f"ATTACH TABLE {broken.database}.views")
 
 
 def store_queries(store: ViewStore) -> Callable[[list[str]], list[list[dict[str, Any]]]]:

@@ -22,7 +22,7 @@ def test_bench_smoke_profile_runs_every_scenario(tmp_path: Path) -> None:
     assert all(run["every_2xx_in_kafka"] and run["succeeded"] for run in results["ingest"])
     # Where a request's CPU went: the event loop's thread always has some.
     assert all(run["server_main_thread_us"] > 0 for run in results["ingest"])
-    assert all(run["server_other_threads_us"] >= 0 for run in results["ingest"])
+    assert all("server_other_threads_us" in run for run in results["ingest"])
     assert "µs event-loop thread" in bench.stdout
     assert 2 <= len(results["ingest_warm_up_broker_us"]) <= 8  # settling rounds, at least two
     assert all(run["every_event_accounted_for"] for run in results["sink"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import subprocess
 import sys
@@ -17,11 +16,19 @@ import httpx
 import orjson
 import pytest
 from localkafka import LocalKafka, free_port
-from support import JWT_SECRET, bearer, consume_all, eventually, repo_root, view_record
+from support import (
+    JWT_SECRET,
+    bearer,
+    consume_all,
+    eventually,
+    functions_main,
+    repo_root,
+    view_record,
+)
 
 from functions import bootstrap
 from functions.bootstrap import collect_cycles_rarely
-from functions.settings import Settings, get_settings
+from functions.settings import Settings
 
 FRAMEWORK = str(Path(sys.executable).parent / "functions-framework")
 
@@ -194,12 +201,7 @@ def test_each_function_worker_collects_cycles_rarely_and_sets_its_process_up_onc
         bootstrap, "configure_logging", lambda _settings, service: logging_named.append(service)
     )
     monkeypatch.setattr(bootstrap, "collect_cycles_rarely", thresholds.append)
-    # functions/main.py reads the settings when imported, as in a pod: give it a valid environment.
-    monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
-    try:
-        main = importlib.import_module("functions.main")
-    finally:
-        get_settings.cache_clear()
+    main = functions_main(monkeypatch)
     for build in (main._ingest_api, main._cloud_event_sink, main._connector_sink):
         build.cache_clear()
         build()

@@ -327,7 +327,8 @@ def test_query_integers_are_strict(host: LocalHost, limit: str) -> None:
     assert answer.json()["errors"][0]["pointer"] == "#/query/limit"
 
 
-def test_most_watched_is_shared_by_concurrent_callers(host: LocalHost) -> None:
+def test_most_watched_answers_many_concurrent_callers(host: LocalHost) -> None:
+    # That they share one aggregate is tested on SharedRefresh itself (test_http_fair_share.py).
     async def ask() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=host.base, timeout=PATIENCE) as client:
             return await asyncio.gather(

@@ -8,6 +8,7 @@ import time
 
 import orjson
 from localkafka import free_port
+from starlette.testclient import TestClient
 from support import ingest_client
 
 from clickhouse.store import ViewStore
@@ -110,11 +111,8 @@ def test_a_hanging_check_is_not_ready_and_never_runs_twice_at_once() -> None:
     assert after == {"kafka": True}
 
 
-def test_readyz_of_the_ingest_function_with_its_broker_and_store(
-    settings: Settings, store: ViewStore
-) -> None:
-    with ingest_client(settings, store) as api:
-        answer = api.get("/readyz")
+def test_readyz_of_the_ingest_function_with_its_broker_and_store(api: TestClient) -> None:
+    answer = api.get("/readyz")
     assert answer.status_code == 200, answer.text
     assert answer.json() == {
         "status": "ready",

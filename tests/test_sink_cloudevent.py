@@ -8,9 +8,14 @@ from datetime import UTC, datetime
 
 import pytest
 from starlette.testclient import TestClient
-from support import cloud_event_client, count_final, kafka_source_headers, view_record
+from support import (
+    cloud_event_client,
+    count_final,
+    kafka_source_headers,
+    view_record,
+    views_detached,
+)
 
-from clickhouse.migrate import apply_migrations
 from clickhouse.store import ViewStore
 from functions.settings import Settings
 
@@ -64,23 +69,16 @@ def test_event_without_kafka_identity_is_400(sink_client: TestClient) -> None:
 
 
 def test_failing_clickhouse_is_5xx_and_stores_nothing(settings: Settings, store: ViewStore) -> None:
-    # A database whose views table is detached: every insert fails in the real engine.
-    broken_db = f"broken_{uuid.uuid4().hex[:8]}"
-    apply_migrations(store.client, broken_db)
-    store.client.command(f"DETACH TABLE {broken_db}.views")
-    broken = ViewStore(store.client, broken_db, embedded=True)
     user = uuid.uuid4()
     record = view_record(user, uuid.uuid4(), 1, datetime(2026, 11, 21, 8, 0, tzinfo=UTC))
     key, value = record.to_kafka()
-    try:
+    with views_detached(store) as broken:
         with cloud_event_client(
-            settings.model_copy(update={"clickhouse_database": broken_db}), broken
+            settings.model_copy(update={"clickhouse_database": broken.database}), broken
         ) as client:
             response = client.post(
                 "/", content=value, headers=kafka_source_headers(0, 1, key.decode(), "views")
             )
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
-    finally:
-        store.client.command(f"ATTACH TABLE {broken_db}.views")
     assert count_final(broken, "views", user) == 0

@@ -6,37 +6,41 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
 from functions_framework.aio import _create_asgi_app_with_function
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.testclient import TestClient
-from support import consume_all, count_final, view_record
+from support import consume_all, count_final, functions_main, view_record, views_detached
 
 from clickhouse.store import ViewStore
-from functions.errors import StoreUnavailable
+from functions.readiness import CHECK_TIMEOUT_SECONDS, Readiness
 from functions.settings import Settings
 from functions.sink.dlq import DeadLetterPublisher
-from functions.sink.triggers.health import serving_probe_answer
 from functions.sink.triggers.openfaas import ConnectorSink, NotAConnectorCall, connector_record
 
 
-def _client(sink: ConnectorSink) -> TestClient:
-    async def function(request: Request) -> Response:
-        # As functions/main.py dispatches the sink_connector target.
-        if request.method == "GET":
-            status, body, content_type = serving_probe_answer(request.url.path)
-            return Response(body, status_code=status, media_type=content_type)
-        return sink.handle(request.headers, await request.body())
-
-    return TestClient(_create_asgi_app_with_function(function, "http", True))
+@contextmanager
+def _served(
+    monkeypatch: pytest.MonkeyPatch, sink: ConnectorSink, store: ViewStore
+) -> Iterator[TestClient]:
+    """functions/main.py's ``sink_connector`` target as functions-framework serves it, built
+    on ``sink`` and with its readiness asking ``store``."""
+    main = functions_main(monkeypatch)
+    readiness = Readiness({"clickhouse": lambda: store.answers(CHECK_TIMEOUT_SECONDS)})
+    monkeypatch.setattr(main, "_connector_sink", lambda: sink)
+    monkeypatch.setattr(main, "_sink_readiness", lambda: readiness)
+    with TestClient(_create_asgi_app_with_function(main.sink_connector, "http", False)) as client:
+        yield client
 
 
 @pytest.fixture
-def connector_client(settings: Settings, store: ViewStore) -> Iterator[TestClient]:
-    with _client(ConnectorSink(settings, lambda: store, DeadLetterPublisher(settings))) as client:
+def connector_client(
+    settings: Settings, store: ViewStore, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
+    sink = ConnectorSink(settings, lambda: store, DeadLetterPublisher(settings))
+    with _served(monkeypatch, sink, store) as client:
         yield client
 
 
@@ -75,20 +79,17 @@ def test_poison_is_dead_lettered_before_the_answer(
     assert dict(dead.headers())["dlq.origin.offset"] == b"9"
 
 
-def test_an_unavailable_store_is_answered_503(settings: Settings) -> None:
-    class Down:
-        def insert_views(self, *_args: object) -> None:
-            raise StoreUnavailable("connection refused")
-
-        insert_canonical_lines = insert_views
-
-    sink = ConnectorSink(settings, Down, DeadLetterPublisher(settings))
+def test_an_unavailable_store_is_answered_503(
+    settings: Settings, store: ViewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     record = view_record(uuid.uuid4(), uuid.uuid4(), 1, datetime(2026, 12, 1, tzinfo=UTC))
     key, value = record.to_kafka()
-    with _client(sink) as client:
-        response = client.post(
-            "/", content=value, headers=_connector_headers("views", 0, 1, key.decode())
-        )
+    with views_detached(store) as broken:
+        sink = ConnectorSink(settings, lambda: broken, DeadLetterPublisher(settings))
+        with _served(monkeypatch, sink, broken) as client:
+            response = client.post(
+                "/", content=value, headers=_connector_headers("views", 0, 1, key.decode())
+            )
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
 
@@ -112,7 +113,7 @@ def test_a_base64_key_is_decoded() -> None:
         connector_record({**headers, "x-kafka-key": "***"}, b"v")
 
 
-def test_openfaas_liveness_is_answered(connector_client: TestClient) -> None:
-    # /readyz (ClickHouse answers) is functions/main.py's: test_functions_framework serves it.
+def test_openfaas_probes_are_answered(connector_client: TestClient) -> None:
     assert connector_client.get("/healthz").json() == {"status": "alive"}
+    assert connector_client.get("/readyz").json()["status"] == "ready"  # ClickHouse answers
     assert connector_client.get("/other").status_code == 404

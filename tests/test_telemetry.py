@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -27,6 +26,7 @@ from support import (
     eventually,
     ingest_client,
     kafka_source_headers,
+    produce_raw,
     seed_body,
     view_record,
 )
@@ -214,12 +214,13 @@ def test_missing_or_garbage_trace_headers_are_stored_and_poison_is_dead_lettered
         [("traceparent", b"\xff\xfe not even text")],
         [("traceparent", b"00-00000000000000000000000000000000-0000000000000000-01")],
     ]
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    for record, record_headers in zip(valid, headers, strict=True):
-        key, value = record.to_kafka()
-        producer.produce(settings.views_topic, value, key, partition=1, headers=record_headers)
-    producer.produce(settings.views_topic, b"{not json", str(user).encode(), partition=1)
-    assert producer.flush(10) == 0
+    poison = (str(user).encode(), b"{not json")
+    produce_raw(
+        settings,
+        [*(record.to_kafka() for record in valid), poison],
+        partition=1,
+        headers=[*headers, None],
+    )
 
     with RunningSink(settings, store):
         eventually(lambda: count_final(store, "views", user) == 4, what="every valid record")
