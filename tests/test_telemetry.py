@@ -35,6 +35,9 @@ from clickhouse.store import ViewStore
 from functions import telemetry
 from functions.errors import DeliveryFailed
 from functions.settings import Settings
+from functions.sink.dlq import DeadLetterPublisher
+from functions.sink.triggers.cloudevent import CloudEventSink
+from functions.sink.triggers.openfaas import ConnectorSink
 
 # A caller's W3C context, sampled.
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -269,6 +272,38 @@ def test_cloud_event_continues_the_dispatchers_traceparent_and_links_the_produce
     assert fresh.parent is None and not fresh.links
     inserts = [s for s in captured.spans.get_finished_spans() if s.name.startswith("INSERT")]
     assert any(_child_of(insert, continued) for insert in inserts)
+
+
+def test_a_crashing_cloud_event_store_ends_its_batch_span_as_an_error(
+    captured: Captured, settings: Settings
+) -> None:
+    def crashing_writer() -> ViewStore:
+        raise RuntimeError("the writer could not be built")
+
+    record = view_record(uuid.uuid4(), uuid.uuid4(), 1, datetime(2026, 11, 21, 8, 0, tzinfo=UTC))
+    key, value = record.to_kafka()
+    sink = CloudEventSink(settings, crashing_writer)
+    attributes = {"id": "partition:0/offset:3", "source": f"x#{settings.views_topic}"}
+    with pytest.raises(RuntimeError):
+        sink.handle({**attributes, "partitionkey": key.decode()}, value)
+    (batch,) = captured.named(f"process {settings.views_topic}")
+    assert batch.status.status_code is StatusCode.ERROR
+    assert batch.attributes is not None
+    assert batch.attributes["error.type"] == "RuntimeError"
+
+
+def test_the_untraced_openfaas_trigger_makes_no_orphan_spans(
+    captured: Captured, settings: Settings, store: ViewStore
+) -> None:
+    # Its calls carry no producer context and start no batch span (docs/observability.md).
+    user = uuid.uuid4()
+    record = view_record(user, uuid.uuid4(), 1, datetime(2026, 11, 21, 8, 0, tzinfo=UTC))
+    key, value = record.to_kafka()
+    headers = {"x-topic": settings.views_topic, "x-kafka-partition": "0", "x-kafka-offset": "4"}
+    sink = ConnectorSink(settings, lambda: store, DeadLetterPublisher(settings))
+    assert sink.handle({**headers, "x-kafka-key": key.decode()}, value).status_code == 200
+    assert count_final(store, "views", user) == 1
+    assert captured.spans.get_finished_spans() == ()
 
 
 def test_batch_links_are_bounded_by_the_sdk_link_limit(captured: Captured) -> None:
